@@ -1,0 +1,227 @@
+"""The Faust app: topics, the two agents and the worker's periodic tasks.
+
+Flow: `predictions` -> route (agents/routing.py) -> `collectors-queue`, keyed by
+collector -> deliver (agents/delivery.py) -> the destination app. Bad events and
+failed deliveries go to `predictions.dlq` (agents/dead_letters.py).
+
+Acknowledgement. Faust acks every event of a `take_events` batch when the batch's
+loop body ends, also when it ends with an exception or a cancellation, and a
+worker then commits those offsets. To commit only what was processed, each agent
+takes one extra reference on every message of a batch and releases it with
+`stream.ack` only after the batch's outcome is durable (queued and acknowledged by
+Kafka, posted, or dead-lettered). A batch that is interrupted keeps its references,
+so its offsets are never committed and the events are read again after a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
+from typing import Any
+
+import faust
+import orjson
+from faust.types import EventT, StreamT
+
+from agents.dead_letters import DeadLetterWriter
+from agents.delivery import Deliverer
+from agents.routing import Router, RouteResult
+from agents.stats import WorkerStats
+from app.config_cache import ConfigCache
+from app.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+RETRY_DELAYS_S = (0.5, 1.0, 2.0, 5.0)
+
+
+def create_app(
+    settings: Settings,
+    cache: ConfigCache,
+    router: Router,
+    deliverer: Deliverer,
+    stats: WorkerStats,
+) -> faust.App:
+    """Build the Faust app with its agents; nothing runs until a worker starts it."""
+    app = faust.App(
+        settings.consumer_group,
+        broker=f"kafka://{settings.kafka_bootstrap_servers}",
+        autodiscover=False,
+        topic_allow_declare=False,
+        topic_disable_leader=True,
+        consumer_auto_offset_reset="earliest",
+        consumer_max_fetch_size=settings.max_message_bytes,
+        producer_max_request_size=settings.max_message_bytes,
+        producer_acks=-1,
+        producer_linger=0.005,
+        broker_commit_interval=1.0,
+        broker_session_timeout=45.0,
+        broker_heartbeat_interval=3.0,
+        broker_request_timeout=90.0,
+        stream_buffer_maxsize=settings.route_batch_max * 2,
+        web_enabled=True,
+        web_bind="127.0.0.1",
+        web_host="127.0.0.1",
+        web_port=settings.worker_web_port,
+        web_in_thread=False,
+    )
+    predictions = app.topic(
+        settings.input_topic,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=settings.input_partitions,
+    )
+    queue = app.topic(
+        settings.queue_topic,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=settings.internal_partitions,
+    )
+    dlq = app.topic(settings.dlq_topic, key_serializer="raw", value_serializer="raw")
+    dead_letters = DeadLetterWriter(dlq, settings.queue_topic)
+
+    @app.agent(predictions, name=f"{settings.consumer_group}-route", concurrency=1)
+    async def route(stream: StreamT[bytes]) -> None:
+        await cache.wait_ready()
+        async for events in stream.take_events(
+            settings.route_batch_max, within=settings.batch_within_s
+        ):
+            await _process_batch(stream, events, partial(_route_batch, events))
+
+    async def _route_batch(events: Sequence[EventT]) -> None:
+        snapshot = cache.snapshot
+        result = RouteResult()
+        pending: list[Awaitable[Any]] = []
+        for event in events:
+            before = len(result.dead_letters)
+            router.route(event.message.value, snapshot, result)
+            for dead_letter in result.dead_letters[before:]:
+                pending.append(
+                    await dead_letters.send_event(event.message, dead_letter)
+                )
+        for key, items in result.batches.items():
+            for payload in _queue_payloads(key, items, settings.queue_batch_max_bytes):
+                pending.append(
+                    await queue.send(key=key.encode(), value=payload, force=True)
+                )
+                stats.totals["queue_messages_out"] += 1
+        await asyncio.gather(*pending)
+
+    @app.agent(queue, name=f"{settings.consumer_group}-deliver", concurrency=1)
+    async def deliver(stream: StreamT[bytes]) -> None:
+        await cache.wait_ready()
+        async for events in stream.take_events(
+            settings.deliver_batch_max, within=settings.batch_within_s
+        ):
+            await _process_batch(stream, events, partial(_deliver_batch, events))
+
+    async def _deliver_batch(events: Sequence[EventT]) -> None:
+        batches: defaultdict[str, list[dict[str, Any]]] = defaultdict(list)
+        pending: list[Awaitable[Any]] = []
+        for event in events:
+            stats.totals["queue_messages_in"] += 1
+            try:
+                document = orjson.loads(event.message.value)
+                batches[document["collector"]].extend(document["items"])
+            except (orjson.JSONDecodeError, KeyError, TypeError) as error:
+                reason = f"invalid queue message: {error!r}"
+                pending.append(
+                    await dead_letters.send_raw(
+                        event.message, reason, "INVALID_QUEUE_MESSAGE"
+                    )
+                )
+        failures = await deliverer.deliver(batches, cache.snapshot)
+        for failure in failures:
+            payload = orjson.dumps(
+                {"collector": failure.collector_key, "items": failure.items}
+            )
+            pending.append(await dead_letters.send_failed_delivery(failure, payload))
+            stats.add_funnel(failure.collector_key, "dead_lettered", len(failure.items))
+        await asyncio.gather(*pending)
+
+    @app.task
+    async def follow_configuration() -> None:
+        await cache.run()
+
+    @app.timer(interval=settings.summary_interval_s)
+    async def log_summary() -> None:
+        log_summary_line(stats)
+
+    app.conf.collectors_stats = stats  # type: ignore[attr-defined]  # read by web views
+    return app
+
+
+async def _process_batch(
+    stream: StreamT[bytes],
+    events: Sequence[EventT],
+    process: Callable[[], Awaitable[None]],
+) -> None:
+    """Run `process` until it succeeds, then release the batch's messages.
+
+    An unexpected error is retried with growing delays; an error that keeps
+    happening is re-raised after the last delay, which stops the agent without
+    committing the batch, so nothing is lost.
+    """
+    for event in events:
+        event.message.incref()
+    for attempt, delay_s in enumerate((*RETRY_DELAYS_S, None), start=1):
+        try:
+            await process()
+            break
+        except Exception:
+            if delay_s is None:
+                logger.critical(
+                    "batch failed %d times; stopping the agent uncommitted", attempt
+                )
+                raise
+            logger.exception(
+                "batch of %d events failed (attempt %d); retrying in %.1f s",
+                len(events),
+                attempt,
+                delay_s,
+            )
+            await asyncio.sleep(delay_s)
+    for event in events:
+        await stream.ack(event)
+
+
+def _queue_payloads(
+    key: str, items: list[dict[str, Any]], max_bytes: int
+) -> list[bytes]:
+    """Split one collector's items into queue messages of at most `max_bytes`
+    (a single larger item gets a message of its own)."""
+    payloads: list[bytes] = []
+    encoded = [orjson.dumps(item) for item in items]
+    prefix = b'{"collector":' + orjson.dumps(key) + b',"items":['
+    start = 0
+    size = 0
+    for index, blob in enumerate(encoded):
+        if index > start and size + len(blob) > max_bytes:
+            payloads.append(prefix + b",".join(encoded[start:index]) + b"]}")
+            start, size = index, 0
+        size += len(blob) + 1
+    payloads.append(prefix + b",".join(encoded[start:]) + b"]}")
+    return payloads
+
+
+def log_summary_line(stats: WorkerStats) -> None:
+    """Log the fixed-format INFO summary of the counters since the worker started."""
+    totals = stats.totals
+    funnel = stats.funnel_totals()
+    logger.info(
+        "summary events_in=%d outputs_in=%d matched=%d enqueued=%d posted=%d "
+        "already_present=%d failed=%d dead_lettered=%d",
+        totals["events_in"],
+        totals["outputs_in"],
+        funnel["matched"],
+        funnel["enqueued"],
+        funnel["posted"],
+        funnel["already_present"],
+        funnel["failed"],
+        totals["events_dead_lettered"]
+        + totals["outputs_dead_lettered"]
+        + funnel["dead_lettered"],
+    )

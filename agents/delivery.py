@@ -1,0 +1,164 @@
+"""Stage two: from queued candidates to inputs posted at the destination.
+
+For each collector's items: drop them when the collector was deleted or paused
+since they were queued, run a deferred pre-queue workflow (one with remote models),
+run the post-queue workflow on the original input, and post the survivors. Different
+collectors are delivered concurrently, so one slow destination delays the others
+only until its requests time out or its retries give up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from agents.stats import WorkerStats
+from app.config_cache import CollectorView, ConfigSnapshot
+from app.destination import DeliveryError, Destination
+from rules.context import Data, EvalContext
+from rules.workflow import CompiledWorkflow, remote_nodes
+
+logger = logging.getLogger(__name__)
+
+# Calls one remote model node on an input and returns its output data.
+RemoteModelCall = Callable[[Mapping[str, Any], Mapping[str, Any]], Awaitable[Data]]
+
+
+@dataclass(frozen=True, slots=True)
+class FailedDelivery:
+    collector_key: str
+    items: list[dict[str, Any]]
+    reason: str
+    attempts: int
+
+
+class Deliverer:
+    def __init__(
+        self,
+        destination: Destination,
+        stats: WorkerStats,
+        call_remote_model: RemoteModelCall | None = None,
+    ) -> None:
+        self.destination = destination
+        self.stats = stats
+        self.call_remote_model = call_remote_model
+
+    async def deliver(
+        self, batches: Mapping[str, Sequence[dict[str, Any]]], snapshot: ConfigSnapshot
+    ) -> list[FailedDelivery]:
+        """Deliver every collector's items; return the deliveries that failed for
+        good, for the dead-letter topic."""
+        tasks = [
+            self._deliver_collector(key, items, snapshot.by_key.get(key))
+            for key, items in batches.items()
+        ]
+        results = await asyncio.gather(*tasks)
+        return [failure for failure in results if failure is not None]
+
+    async def _deliver_collector(
+        self, key: str, items: Sequence[dict[str, Any]], view: CollectorView | None
+    ) -> FailedDelivery | None:
+        funnel = self.stats.funnel[key]
+        if view is None or not view.record.active:
+            funnel["dropped_inactive"] += len(items)
+            return None
+
+        survivors = []
+        for item in items:
+            if await self._passes_workflows(view, item):
+                survivors.append(item)
+            else:
+                funnel["dropped_post_queue"] += 1
+        if not survivors:
+            return None
+
+        record = view.record
+        inputs = [destination_input(item, record.collect_outputs) for item in survivors]
+        try:
+            result = await self.destination.post_inputs(
+                record.user_id, record.app_id, view.post_inputs_key, inputs
+            )
+        except DeliveryError as error:
+            logger.error("delivery for collector %s failed: %s", key, error)
+            funnel["failed"] += len(survivors)
+            return FailedDelivery(key, list(survivors), str(error), attempts=0)
+        funnel["posted"] += result.posted
+        funnel["already_present"] += result.already_present
+        self.stats.destination_latency_s.append(result.latency_s)
+        return None
+
+    async def _passes_workflows(
+        self, view: CollectorView, item: dict[str, Any]
+    ) -> bool:
+        input_document = item["input"]
+        seed_key = f"{view.key}/{input_document.get('id', '')}"
+        if item.get("pre_queue_pending") and view.pre_queue is not None:
+            data = item.get("output_data") or {}
+            if not await self._run(
+                view, view.pre_queue, data, input_document, seed_key
+            ):
+                return False
+        if view.post_queue is None:
+            return True
+        data = input_document.get("data") or {}
+        return await self._run(view, view.post_queue, data, input_document, seed_key)
+
+    async def _run(
+        self,
+        view: CollectorView,
+        workflow: CompiledWorkflow,
+        data: Data,
+        input_document: Mapping[str, Any],
+        seed_key: str,
+    ) -> bool:
+        remote_outputs: dict[str, Data] = {}
+        nodes = remote_nodes(workflow) if workflow.remote_node_ids else []
+        if nodes:
+            if self.call_remote_model is None:
+                logger.warning(
+                    "collector %s uses remote models, but none may be called", view.key
+                )
+                return False
+            calls = [
+                self.call_remote_model(node["model"], input_document) for node in nodes
+            ]
+            outputs = await asyncio.gather(*calls, return_exceptions=True)
+            for node, output in zip(nodes, outputs):
+                if isinstance(output, BaseException):
+                    # NOTE: a failed remote model counts as an empty output, so the
+                    # input is dropped rather than retried.
+                    logger.warning(
+                        "remote model of node %s (collector %s) failed: %s",
+                        node["id"],
+                        view.key,
+                        output,
+                    )
+                    remote_outputs[node["id"]] = {}
+                else:
+                    remote_outputs[node["id"]] = output
+        context = EvalContext(
+            input=input_document,
+            seed_key=seed_key,
+            relations=view.relations,
+            remote_outputs=remote_outputs,
+        )
+        return workflow.run(data, context).passed
+
+
+def destination_input(item: Mapping[str, Any], collect_outputs: bool) -> dict[str, Any]:
+    """Build the Input posted to the destination from a queue item."""
+    source_data = item["input"].get("data") or {}
+    data: dict[str, Any] = {}
+    for field_name in ("image", "text", "video", "audio", "metadata"):
+        if source_data.get(field_name):
+            data[field_name] = source_data[field_name]
+    if collect_outputs:
+        concepts = (item.get("output_data") or {}).get("concepts") or []
+        data["concepts"] = [
+            {"id": c["id"], "name": c.get("name", ""), "value": c.get("value", 1.0)}
+            for c in concepts
+        ]
+    return {"id": item["id"], "data": data}

@@ -1,0 +1,78 @@
+"""Entry point of `collectors worker`: wires the pieces and runs the Faust worker.
+
+Read next: agents/app.py (agents), agents/routing.py (stage one),
+agents/delivery.py (stage two), app/config_cache.py (configuration).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import faust
+import httpx
+
+from agents.app import create_app
+from agents.delivery import Deliverer
+from agents.routing import Router
+from agents.stats import WorkerStats
+from agents.topics import ensure_topics
+from agents.web import add_web_views
+from app.config_cache import ConfigCache
+from app.destination import Destination
+from app.security import load_secret_box
+from app.settings import Settings
+from app.store import Store, connect
+
+logger = logging.getLogger(__name__)
+
+
+def build_worker_app(settings: Settings) -> faust.App:
+    stats = WorkerStats()
+    store = Store(connect(settings.redis_url))
+    cache = ConfigCache(
+        store, load_secret_box(settings), settings.config_poll_interval_s
+    )
+    destination = Destination(
+        settings.destination_url,
+        timeout_s=settings.destination_timeout_s,
+        give_up_s=settings.destination_give_up_s,
+    )
+    model_client = httpx.AsyncClient(timeout=settings.model_timeout_s)
+    deliverer = Deliverer(
+        destination, stats, _remote_model_caller(settings, model_client)
+    )
+    router = Router(settings.max_event_bytes, stats)
+    app = create_app(settings, cache, router, deliverer, stats)
+    add_web_views(app, cache, stats)
+    return app
+
+
+def _remote_model_caller(settings: Settings, client: httpx.AsyncClient):  # type: ignore[no-untyped-def]
+    try:
+        from app.remote_models import predict_remote
+    except ImportError:
+        return None
+
+    async def call(model, input_document):  # type: ignore[no-untyped-def]
+        return await predict_remote(
+            client,
+            model,
+            input_document,
+            settings.model_timeout_s,
+            allowed_urls=settings.allowed_model_urls,
+        )
+
+    return call
+
+
+def run_worker(settings: Settings) -> None:
+    """Create the topics, then run the worker until SIGINT or SIGTERM."""
+    asyncio.run(ensure_topics(settings))
+    app = build_worker_app(settings)
+    worker = faust.Worker(
+        app,
+        loglevel=settings.log_level,
+        quiet=True,
+    )
+    worker.execute_from_commandline()

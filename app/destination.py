@@ -1,0 +1,227 @@
+"""Client that posts collected inputs to a Clarifai-compatible destination app.
+
+`POST {base}/v2/users/{user_id}/apps/{app_id}/inputs` with `Authorization: Key
+<post_inputs_key>`, at most 128 inputs a request. Connection errors, timeouts and
+HTTP 408, 425, 429 and 5xx are retried with exponential backoff and full jitter,
+honouring `Retry-After`, until `give_up_s` has passed. Other answers are final,
+except that inputs the destination already holds count as delivered: input ids are
+derived from the collector and the event, so a repeated POST changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+import orjson
+
+logger = logging.getLogger(__name__)
+
+MAX_INPUTS_PER_REQUEST = 128
+RETRIABLE_HTTP_STATUSES = frozenset({408, 425, 429})
+# Clarifai status codes that mean "this input id is already there".
+ALREADY_PRESENT_CODES = frozenset({30100, 40010})
+SUCCESS = 10000
+MIXED_STATUS = 10010
+
+
+class DeliveryError(Exception):
+    """A POST /inputs failed; `retriable` says whether trying again may help."""
+
+    def __init__(
+        self,
+        message: str,
+        retriable: bool,
+        http_status: int | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.retriable = retriable
+        self.http_status = http_status
+        self.retry_after_s = retry_after_s
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryResult:
+    posted: int
+    already_present: int
+    attempts: int
+    latency_s: float
+
+
+class Destination:
+    """Posts inputs to one base URL through a shared HTTP connection pool."""
+
+    def __init__(
+        self,
+        base_url: str,
+        timeout_s: float = 10.0,
+        give_up_s: float = 120.0,
+        backoff_base_s: float = 0.2,
+        backoff_max_s: float = 10.0,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.give_up_s = give_up_s
+        self.backoff_base_s = backoff_base_s
+        self.backoff_max_s = backoff_max_s
+        self._client = client or httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 3.0)),
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def post_inputs(
+        self, user_id: str, app_id: str, key: str, inputs: Sequence[dict[str, Any]]
+    ) -> DeliveryResult:
+        """Post all inputs, in requests of at most 128; raise DeliveryError when a
+        request fails for good or retries run out of time."""
+        posted = present = attempts = 0
+        started = time.monotonic()
+        for start in range(0, len(inputs), MAX_INPUTS_PER_REQUEST):
+            chunk = inputs[start : start + MAX_INPUTS_PER_REQUEST]
+            chunk_posted, chunk_present, chunk_attempts = await self._post_with_retries(
+                user_id, app_id, key, chunk
+            )
+            posted += chunk_posted
+            present += chunk_present
+            attempts += chunk_attempts
+        return DeliveryResult(posted, present, attempts, time.monotonic() - started)
+
+    async def _post_with_retries(
+        self, user_id: str, app_id: str, key: str, chunk: Sequence[dict[str, Any]]
+    ) -> tuple[int, int, int]:
+        deadline = time.monotonic() + self.give_up_s
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                posted, present = await self._post_once(user_id, app_id, key, chunk)
+                return posted, present, attempt
+            except DeliveryError as error:
+                delay = self._backoff_s(attempt, error)
+                if not error.retriable or time.monotonic() + delay > deadline:
+                    raise DeliveryError(
+                        f"{error} (after {attempt} attempts)",
+                        error.retriable,
+                        error.http_status,
+                    ) from error
+                logger.warning(
+                    "POST /inputs to %s/%s failed (attempt %d), retrying in %.2f s: %s",
+                    user_id,
+                    app_id,
+                    attempt,
+                    delay,
+                    error,
+                )
+                await asyncio.sleep(delay)
+
+    def _backoff_s(self, attempt: int, error: DeliveryError) -> float:
+        if error.retry_after_s is not None:
+            return min(error.retry_after_s, self.backoff_max_s * 3)
+        ceiling = min(self.backoff_max_s, self.backoff_base_s * 2 ** (attempt - 1))
+        return random.uniform(0.0, ceiling)
+
+    async def _post_once(
+        self, user_id: str, app_id: str, key: str, chunk: Sequence[dict[str, Any]]
+    ) -> tuple[int, int]:
+        url = f"{self.base_url}/v2/users/{user_id}/apps/{app_id}/inputs"
+        body = orjson.dumps({"inputs": list(chunk)})
+        headers = {"Authorization": f"Key {key}", "Content-Type": "application/json"}
+        try:
+            response = await self._client.post(url, content=body, headers=headers)
+        except httpx.TimeoutException as error:
+            raise DeliveryError(
+                f"timed out posting to {url}: {error!r}", retriable=True
+            ) from error
+        except httpx.TransportError as error:
+            raise DeliveryError(
+                f"cannot reach {url}: {error!r}", retriable=True
+            ) from error
+        return _interpret(response, url)
+
+
+def _interpret(response: httpx.Response, url: str) -> tuple[int, int]:
+    """Return (posted, already present) for a response, or raise DeliveryError."""
+    try:
+        document = response.json()
+    except ValueError:
+        document = {}
+    status = document.get("status", {}) if isinstance(document, dict) else {}
+    code = status.get("code")
+    description = status.get("description", "") or response.reason_phrase
+
+    if response.status_code < 300 and code in (SUCCESS, None):
+        return _count_inputs(
+            document,
+            len(document.get("inputs", [])) if isinstance(document, dict) else 0,
+        )
+    if _all_present(document):
+        return 0, len(document.get("inputs", []))
+    if code == MIXED_STATUS and _only_present_or_success(document):
+        return _count_inputs(document, 0)
+
+    message = (
+        f"POST {url} answered HTTP {response.status_code}, status {code}: {description}"
+    )
+    retriable = (
+        response.status_code >= 500 or response.status_code in RETRIABLE_HTTP_STATUSES
+    )
+    raise DeliveryError(
+        message,
+        retriable=retriable,
+        http_status=response.status_code,
+        retry_after_s=_retry_after_s(response.headers.get("Retry-After")),
+    )
+
+
+def _count_inputs(document: dict[str, Any], default_posted: int) -> tuple[int, int]:
+    inputs = document.get("inputs") or []
+    present = sum(
+        1
+        for item in inputs
+        if item.get("status", {}).get("code") in ALREADY_PRESENT_CODES
+    )
+    return (len(inputs) - present if inputs else default_posted), present
+
+
+def _all_present(document: Any) -> bool:
+    if not isinstance(document, dict):
+        return False
+    if document.get("status", {}).get("code") in ALREADY_PRESENT_CODES:
+        return True
+    inputs = document.get("inputs") or []
+    return bool(inputs) and all(
+        item.get("status", {}).get("code") in ALREADY_PRESENT_CODES for item in inputs
+    )
+
+
+def _only_present_or_success(document: dict[str, Any]) -> bool:
+    inputs = document.get("inputs") or []
+    ok = ALREADY_PRESENT_CODES | {SUCCESS, 30000, 30001}
+    return bool(inputs) and all(
+        item.get("status", {}).get("code") in ok for item in inputs
+    )
+
+
+def _retry_after_s(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        moment = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, moment.timestamp() - time.time())

@@ -1,0 +1,105 @@
+"""Service configuration, read once from the environment at start-up.
+
+Every process builds one frozen `Settings` object in its entry point and passes it
+down; no other module reads the environment.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIB = 1024 * 1024
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    """Environment-backed settings; see the README for each variable."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore")
+
+    kafka_bootstrap_servers: str = Field(
+        "127.0.0.1:9092", validation_alias="KAFKA_BOOTSTRAP_SERVERS"
+    )
+    redis_url: str = Field("redis://127.0.0.1:6379/0", validation_alias="REDIS_URL")
+    http_host: str = Field("127.0.0.1", validation_alias="COLLECTORS_HTTP_HOST")
+    http_port: int = Field(8080, validation_alias="COLLECTORS_HTTP_PORT")
+    grpc_host: str = Field("127.0.0.1", validation_alias="COLLECTORS_GRPC_HOST")
+    grpc_port: int = Field(18080, validation_alias="COLLECTORS_GRPC_PORT")
+    destination_url: str = Field(
+        "http://127.0.0.1:8080", validation_alias="COLLECTORS_DESTINATION_URL"
+    )
+
+    # Encryption of credentials for other services (post-inputs keys, model keys).
+    secret_key: str = Field("", validation_alias="COLLECTORS_SECRET_KEY")
+    secret_key_file: Path = Field(
+        REPO_ROOT / ".data" / "secret.key",
+        validation_alias="COLLECTORS_SECRET_KEY_FILE",
+    )
+
+    # Kafka names.
+    consumer_group: str = Field("collectors", validation_alias="COLLECTORS_GROUP")
+    input_topic: str = Field("predictions", validation_alias="COLLECTORS_INPUT_TOPIC")
+    input_partitions: int = Field(8, validation_alias="COLLECTORS_INPUT_PARTITIONS")
+    dlq_topic: str = Field("predictions.dlq", validation_alias="COLLECTORS_DLQ_TOPIC")
+    internal_partitions: int = Field(
+        8, validation_alias="COLLECTORS_INTERNAL_PARTITIONS"
+    )
+
+    # Sizes. The broker accepts up to 24 MiB per message so that an event just over
+    # the 16 MiB event limit still reaches the worker and the dead-letter topic.
+    max_event_bytes: int = Field(
+        16 * MIB, validation_alias="COLLECTORS_MAX_EVENT_BYTES"
+    )
+    max_message_bytes: int = Field(
+        24 * MIB, validation_alias="COLLECTORS_MAX_MESSAGE_BYTES"
+    )
+    queue_batch_max_bytes: int = Field(
+        4 * MIB, validation_alias="COLLECTORS_QUEUE_BATCH_MAX_BYTES"
+    )
+
+    # Worker.
+    worker_web_port: int = Field(6066, validation_alias="COLLECTORS_WORKER_WEB_PORT")
+    route_batch_max: int = Field(500, validation_alias="COLLECTORS_ROUTE_BATCH_MAX")
+    deliver_batch_max: int = Field(200, validation_alias="COLLECTORS_DELIVER_BATCH_MAX")
+    batch_within_s: float = Field(0.02, validation_alias="COLLECTORS_BATCH_WITHIN_S")
+    config_poll_interval_s: float = Field(
+        0.25, validation_alias="COLLECTORS_CONFIG_POLL_INTERVAL_S"
+    )
+    summary_interval_s: float = Field(
+        30.0, validation_alias="COLLECTORS_SUMMARY_INTERVAL_S"
+    )
+
+    # Destination and remote models.
+    destination_timeout_s: float = Field(
+        10.0, validation_alias="COLLECTORS_DESTINATION_TIMEOUT_S"
+    )
+    destination_give_up_s: float = Field(
+        120.0, validation_alias="COLLECTORS_DESTINATION_GIVE_UP_S"
+    )
+    model_timeout_s: float = Field(5.0, validation_alias="COLLECTORS_MODEL_TIMEOUT_S")
+    model_url_allowlist: str = Field(
+        "", validation_alias="COLLECTORS_MODEL_URL_ALLOWLIST"
+    )
+
+    log_level: str = Field("INFO", validation_alias="COLLECTORS_LOG_LEVEL")
+
+    @field_validator("destination_url")
+    @classmethod
+    def _strip_trailing_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @cached_property
+    def allowed_model_urls(self) -> tuple[str, ...]:
+        """Base URL prefixes that remote model nodes may call."""
+        items = (
+            item.strip().rstrip("/") for item in self.model_url_allowlist.split(",")
+        )
+        return tuple(item for item in items if item)
+
+    @property
+    def queue_topic(self) -> str:
+        return f"{self.consumer_group}-queue"

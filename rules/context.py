@@ -1,0 +1,60 @@
+"""Data types shared by the operators and the workflow engine."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+Data = dict[str, Any]
+"""A Clarifai `Data` message as decoded JSON, with snake_case field names.
+
+For example `{"concepts": [{"id": "cat", "name": "cat", "value": 0.9}],
+"metadata": {...}}` or `{"image": {"url": "..."}, "metadata": {...}}`.
+"""
+
+Relation = Mapping[str, Any]
+"""A Clarifai ConceptRelation as decoded JSON: `{"subject_concept": {"id", "name"},
+"object_concept": {"id", "name"}, "predicate", "knowledge_graph_id"}`."""
+
+_NO_REMOTE_OUTPUTS: Mapping[str, Data] = MappingProxyType({})
+
+
+def _no_remote_outputs() -> Mapping[str, Data]:
+    return _NO_REMOTE_OUTPUTS
+
+
+@dataclass(frozen=True, slots=True)
+class EvalContext:
+    """Per-item state that operators may read besides their input data.
+
+    Operators do not mutate the context or anything it refers to.
+    """
+
+    input: Mapping[str, Any]
+    """The Clarifai Input the prediction was made on (`{"id", "data": {"image" |
+    "text", "metadata", ...}}`). Metadata filters read `input["data"]["metadata"]`."""
+
+    seed_key: str
+    """Key for deterministic sampling, unique per collector and input. A
+    random-sample node keeps the item when
+    `sample_fraction(seed_key + "/" + node_id) < keep_fraction`, so the same key
+    always gets the same decision."""
+
+    relations: tuple[Relation, ...] = ()
+    """Concept relations of the app's knowledge graphs, read by concept-synonym-mapper
+    nodes. Pass the same tuple object for as long as the relations are unchanged,
+    because mappers cache their precomputed mapping by the tuple's identity."""
+
+    remote_outputs: Mapping[str, Data] = field(default_factory=_no_remote_outputs)
+    """Output data of each remote model node (see `remote_nodes`), by node id,
+    computed by the caller before the workflow runs."""
+
+
+Operator = Callable[[Data, EvalContext], Data]
+"""Compiled node, a function from its input data and the context to its output data.
+
+An empty output (no non-empty field) drops the item. Operators may return their
+input object unchanged, so callers must not mutate outputs they did not create.
+"""
