@@ -2,7 +2,8 @@
 
 Headers (all UTF-8 text): `error` (the reason, naming the field when validation
 failed), `error_code` (INVALID_JSON, INVALID_EVENT, INVALID_OUTPUT, EMPTY_EVENT,
-EVENT_TOO_LARGE, INVALID_QUEUE_MESSAGE or COLLECTOR_POST_INPUT_FAILED),
+EVENT_TOO_LARGE, INVALID_QUEUE_MESSAGE, COLLECTOR_MODEL_FAILED or
+COLLECTOR_POST_INPUT_FAILED),
 `source_topic`, `source_partition`, `source_offset`, `attempts`,
 `first_failure_at` (RFC 3339), and when known `event_id`, `output_index` and
 `collector`.
@@ -79,7 +80,7 @@ class DeadLetterWriter:
         `collectors dlq replay` can put back on the queue topic."""
         headers = {
             "error": failure.reason[:MAX_REASON_CHARS],
-            "error_code": "COLLECTOR_POST_INPUT_FAILED",
+            "error_code": failure.code,
             "collector": failure.collector_key,
             "source_topic": self.queue_topic,
             "attempts": str(max(failure.attempts, 1)),

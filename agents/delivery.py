@@ -18,6 +18,7 @@ from typing import Any
 from agents.stats import WorkerStats
 from app.config_cache import CollectorView, ConfigSnapshot
 from app.destination import DeliveryError, Destination
+from app.remote_models import RemoteModelError
 from rules.context import Data, EvalContext
 from rules.workflow import CompiledWorkflow, remote_nodes
 
@@ -27,12 +28,16 @@ logger = logging.getLogger(__name__)
 RemoteModelCall = Callable[[Mapping[str, Any], Mapping[str, Any]], Awaitable[Data]]
 
 
+REMOTE_MODEL_RETRY_DELAYS_S = (0.2, 1.0)
+
+
 @dataclass(frozen=True, slots=True)
 class FailedDelivery:
     collector_key: str
     items: list[dict[str, Any]]
     reason: str
     attempts: int
+    code: str = "COLLECTOR_POST_INPUT_FAILED"
 
 
 class Deliverer:
@@ -56,24 +61,40 @@ class Deliverer:
             for key, items in batches.items()
         ]
         results = await asyncio.gather(*tasks)
-        return [failure for failure in results if failure is not None]
+        return [failure for failures in results for failure in failures]
 
     async def _deliver_collector(
         self, key: str, items: Sequence[dict[str, Any]], view: CollectorView | None
-    ) -> FailedDelivery | None:
+    ) -> list[FailedDelivery]:
         funnel = self.stats.funnel[key]
         if view is None or not view.record.active:
             funnel["dropped_inactive"] += len(items)
-            return None
+            return []
 
         survivors = []
+        model_failures: list[dict[str, Any]] = []
+        model_error = ""
         for item in items:
-            if await self._passes_workflows(view, item):
+            try:
+                passed = await self._passes_workflows(view, item)
+            except RemoteModelError as error:
+                model_failures.append(item)
+                model_error = str(error)
+                continue
+            if passed:
                 survivors.append(item)
             else:
                 funnel["dropped_post_queue"] += 1
+        failures = []
+        if model_failures:
+            funnel["failed"] += len(model_failures)
+            failures.append(
+                FailedDelivery(
+                    key, model_failures, model_error, 1, "COLLECTOR_MODEL_FAILED"
+                )
+            )
         if not survivors:
-            return None
+            return failures
 
         record = view.record
         inputs = [destination_input(item, record.collect_outputs) for item in survivors]
@@ -84,11 +105,12 @@ class Deliverer:
         except DeliveryError as error:
             logger.error("delivery for collector %s failed: %s", key, error)
             funnel["failed"] += len(survivors)
-            return FailedDelivery(key, list(survivors), str(error), attempts=0)
+            failures.append(FailedDelivery(key, list(survivors), str(error), 0))
+            return failures
         funnel["posted"] += result.posted
         funnel["already_present"] += result.already_present
         self.stats.destination_latency_s.append(result.latency_s)
-        return None
+        return failures
 
     async def _passes_workflows(
         self, view: CollectorView, item: dict[str, Any]
@@ -106,6 +128,24 @@ class Deliverer:
         data = input_document.get("data") or {}
         return await self._run(view, view.post_queue, data, input_document, seed_key)
 
+    async def _call_with_retries(
+        self, node: Mapping[str, Any], input_document: Mapping[str, Any]
+    ) -> Data:
+        """Call a remote model, retrying errors that may pass; raise RemoteModelError
+        when it fails for good, so that the item is dead-lettered, not dropped."""
+        assert self.call_remote_model is not None
+        for delay_s in (*REMOTE_MODEL_RETRY_DELAYS_S, None):
+            try:
+                return await self.call_remote_model(node["model"], input_document)
+            except RemoteModelError as error:
+                if not error.retriable or delay_s is None:
+                    raise
+                logger.warning(
+                    "remote model of node %s failed, retrying: %s", node["id"], error
+                )
+                await asyncio.sleep(delay_s)
+        raise AssertionError("unreachable")
+
     async def _run(
         self,
         view: CollectorView,
@@ -118,27 +158,10 @@ class Deliverer:
         nodes = remote_nodes(workflow) if workflow.remote_node_ids else []
         if nodes:
             if self.call_remote_model is None:
-                logger.warning(
-                    "collector %s uses remote models, but none may be called", view.key
-                )
-                return False
-            calls = [
-                self.call_remote_model(node["model"], input_document) for node in nodes
-            ]
-            outputs = await asyncio.gather(*calls, return_exceptions=True)
-            for node, output in zip(nodes, outputs):
-                if isinstance(output, BaseException):
-                    # NOTE: a failed remote model counts as an empty output, so the
-                    # input is dropped rather than retried.
-                    logger.warning(
-                        "remote model of node %s (collector %s) failed: %s",
-                        node["id"],
-                        view.key,
-                        output,
-                    )
-                    remote_outputs[node["id"]] = {}
-                else:
-                    remote_outputs[node["id"]] = output
+                raise RemoteModelError("this worker cannot call remote models", False)
+            calls = [self._call_with_retries(node, input_document) for node in nodes]
+            outputs = await asyncio.gather(*calls)
+            remote_outputs = {node["id"]: out for node, out in zip(nodes, outputs)}
         context = EvalContext(
             input=input_document,
             seed_key=seed_key,

@@ -8,21 +8,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 import faust
 import httpx
 
 from agents.app import create_app
-from agents.delivery import Deliverer
+from agents.delivery import Deliverer, RemoteModelCall
 from agents.routing import Router
 from agents.stats import WorkerStats
 from agents.topics import ensure_topics
 from agents.web import add_web_views
 from app.config_cache import ConfigCache
 from app.destination import Destination
+from app.remote_models import predict_remote
 from app.security import load_secret_box
 from app.settings import Settings
 from app.store import Store, connect
+from rules.context import Data
 
 logger = logging.getLogger(__name__)
 
@@ -48,13 +52,10 @@ def build_worker_app(settings: Settings) -> faust.App:
     return app
 
 
-def _remote_model_caller(settings: Settings, client: httpx.AsyncClient):  # type: ignore[no-untyped-def]
-    try:
-        from app.remote_models import predict_remote
-    except ImportError:
-        return None
-
-    async def call(model, input_document):  # type: ignore[no-untyped-def]
+def _remote_model_caller(
+    settings: Settings, client: httpx.AsyncClient
+) -> RemoteModelCall:
+    async def call(model: Mapping[str, Any], input_document: Mapping[str, Any]) -> Data:
         return await predict_remote(
             client,
             model,

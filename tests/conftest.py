@@ -20,7 +20,9 @@ import redis.asyncio as redis
 
 REPO = Path(__file__).resolve().parent.parent
 KAFKA = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
-REDIS_BASE_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0").rsplit("/", 1)[0]
+REDIS_BASE_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0").rsplit("/", 1)[
+    0
+]
 # Worker tests use Redis databases 8 to 15, each flushed before use.
 WORKER_DATABASES = range(8, 16)
 
@@ -39,16 +41,27 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def services() -> Iterator[None]:
-    """Make sure Kafka and Redis run; stop them afterwards if this session started them."""
+    """Make sure Kafka and Redis run; stop them afterwards if this session
+    started them."""
     kafka_host, kafka_port = KAFKA.split(",")[0].rsplit(":", 1)
     redis_port = int(REDIS_BASE_URL.rsplit(":", 1)[1])
-    running = port_open(kafka_host, int(kafka_port)) and port_open("127.0.0.1", redis_port)
-    environment = {**os.environ, "KAFKA_PORT": kafka_port, "REDIS_PORT": str(redis_port)}
+    running = port_open(kafka_host, int(kafka_port)) and port_open(
+        "127.0.0.1", redis_port
+    )
+    environment = {
+        **os.environ,
+        "KAFKA_PORT": kafka_port,
+        "REDIS_PORT": str(redis_port),
+    }
     if not running:
-        subprocess.run([REPO / "scripts" / "services.sh", "up"], check=True, env=environment)
+        subprocess.run(
+            [REPO / "scripts" / "services.sh", "up"], check=True, env=environment
+        )
     yield
     if not running and not os.environ.get("COLLECTORS_TEST_KEEP_SERVICES"):
-        subprocess.run([REPO / "scripts" / "services.sh", "down"], check=False, env=environment)
+        subprocess.run(
+            [REPO / "scripts" / "services.sh", "down"], check=False, env=environment
+        )
 
 
 _next_database = iter(range(1_000_000))

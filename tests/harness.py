@@ -41,7 +41,9 @@ def expected_sample(collector_key: str, input_id: str, fraction: float) -> bool:
 
 
 def expected_input_id(collector_key: str, event_id: str, input_id: str) -> str:
-    return hashlib.sha256(f"{collector_key}/{event_id}/{input_id}".encode()).hexdigest()[:32]
+    return hashlib.sha256(
+        f"{collector_key}/{event_id}/{input_id}".encode()
+    ).hexdigest()[:32]
 
 
 async def wait_for(
@@ -81,7 +83,7 @@ def serve_destination() -> Iterator[Destination]:
     destination = Destination()
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 (the name http.server requires)
+        def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length", 0))
             body = json.loads(self.rfile.read(length))
             parts = self.path.strip("/").split("/")
@@ -110,7 +112,7 @@ def serve_destination() -> Iterator[Destination]:
             self.end_headers()
             self.wfile.write(payload)
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: Any) -> None:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -132,7 +134,9 @@ def worker_environment(
 ) -> dict[str, str]:
     return {
         **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
+        "KAFKA_BOOTSTRAP_SERVERS": os.environ.get(
+            "KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"
+        ),
         "REDIS_URL": redis_url,
         "COLLECTORS_GROUP": name,
         "COLLECTORS_INPUT_TOPIC": f"{name}-predictions",
@@ -186,7 +190,9 @@ class WorkerProcess:
         return self
 
     def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return (
+            self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        )
 
     def kill(self) -> None:
         if self.process and self.process.poll() is None:
@@ -208,7 +214,9 @@ class WorkerProcess:
 
 async def put_collector(redis_url: str, **fields: Any) -> CollectorRecord:
     """Store a collector directly (the API has tests of its own)."""
-    fields.setdefault("post_inputs_key_encrypted", SecretBox(TEST_SECRET).encrypt("dest-key"))
+    fields.setdefault(
+        "post_inputs_key_encrypted", SecretBox(TEST_SECRET).encrypt("dest-key")
+    )
     record = CollectorRecord(**fields)
     store = Store(connect(redis_url))
     try:
@@ -262,7 +270,9 @@ async def read_topic(bootstrap: str, topic: str, timeout_s: float = 5.0) -> list
     """Read every message currently in a topic."""
     ends = await end_offsets(bootstrap, topic)
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
     )
     await consumer.start()
     try:
@@ -322,7 +332,72 @@ def output(
         },
         "data": {
             "concepts": [
-                {"id": c, "name": c, "value": v} for c, v in (concepts or [("cat", 0.5)])
+                {"id": c, "name": c, "value": v}
+                for c, v in (concepts or [("cat", 0.5)])
             ]
         },
     }
+
+
+@dataclass
+class ModelServer:
+    """A PostModelOutputs endpoint: concept `keep` scores 0.9 for inputs whose id
+    ends in an even digit and 0.1 otherwise. `fail_with` makes it answer that HTTP
+    status instead."""
+
+    url: str = ""
+    authorizations: list[str | None] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
+    fail_with: int | None = None
+
+
+def model_score(input_id: str) -> float:
+    return 0.9 if int(input_id[-1]) % 2 == 0 else 0.1
+
+
+@contextmanager
+def serve_model() -> Iterator[ModelServer]:
+    server_state = ModelServer()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length", 0))
+            body = json.loads(self.rfile.read(length))
+            server_state.authorizations.append(self.headers.get("Authorization"))
+            server_state.paths.append(self.path)
+            if server_state.fail_with is not None:
+                document: dict[str, Any] = {"status": {"code": 10020}}
+                code = server_state.fail_with
+            else:
+                input_id = body["inputs"][0]["id"]
+                concept = {"id": "keep", "name": "keep", "value": model_score(input_id)}
+                document = {
+                    "status": {"code": 10000},
+                    "outputs": [
+                        {
+                            "status": {"code": 10000},
+                            "input": body["inputs"][0],
+                            "data": {"concepts": [concept]},
+                        }
+                    ],
+                }
+                code = 200
+            payload = json.dumps(document).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server_state.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server_state
+    finally:
+        server.shutdown()
+        server.server_close()
