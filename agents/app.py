@@ -4,6 +4,12 @@ Flow: `predictions` -> route (agents/routing.py) -> `collectors-queue`, keyed by
 collector -> deliver (agents/delivery.py) -> the destination app. Bad events and
 failed deliveries go to `predictions.dlq` (agents/dead_letters.py).
 
+Retries. The deliver agent retries a failing POST for a few seconds only, then
+moves the inputs to `collectors-retry` and goes on, so one failing destination
+does not hold up the other collectors. The retry agent posts them again after an
+exponential, jittered delay until COLLECTORS_DESTINATION_GIVE_UP_S has passed
+since the first failure, then dead-letters them with COLLECTOR_POST_INPUT_FAILED.
+
 Acknowledgement. Faust acks every event of a `take_events` batch when the batch's
 loop body ends, also when it ends with an exception or a cancellation, and a
 worker then commits those offsets. To commit only what was processed, each agent
@@ -16,7 +22,10 @@ so its offsets are never committed and the events are read again after a restart
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import random
+import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
@@ -27,7 +36,7 @@ import orjson
 from faust.types import EventT, StreamT
 
 from agents.dead_letters import DeadLetterWriter
-from agents.delivery import Deliverer
+from agents.delivery import Deliverer, FailedDelivery
 from agents.routing import Router, RouteResult
 from agents.stats import WorkerStats
 from app.config_cache import ConfigCache
@@ -80,8 +89,14 @@ def create_app(
         value_serializer="raw",
         partitions=settings.internal_partitions,
     )
+    retry = app.topic(
+        settings.retry_topic,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=settings.internal_partitions,
+    )
     dlq = app.topic(settings.dlq_topic, key_serializer="raw", value_serializer="raw")
-    dead_letters = DeadLetterWriter(dlq, settings.queue_topic)
+    dead_letters = DeadLetterWriter(dlq)
 
     @app.agent(predictions, name=f"{settings.consumer_group}-route", concurrency=1)
     async def route(stream: StreamT[bytes]) -> None:
@@ -135,12 +150,100 @@ def create_app(
                 )
         failures = await deliverer.deliver(batches, cache.snapshot)
         for failure in failures:
-            payload = orjson.dumps(
-                {"collector": failure.collector_key, "items": failure.items}
-            )
-            pending.append(await dead_letters.send_failed_delivery(failure, payload))
-            stats.add_funnel(failure.collector_key, "dead_lettered", len(failure.items))
+            pending.append(await _route_failure(failure, first_failure_at=time.time()))
         await asyncio.gather(*pending)
+
+    async def _route_failure(
+        failure: FailedDelivery, first_failure_at: float
+    ) -> Awaitable[Any]:
+        """Send a failed delivery to the retry topic while retrying may still help,
+        else to the dead-letter topic."""
+        elapsed_s = time.time() - first_failure_at
+        if (
+            failure.payload_kind == "inputs"
+            and failure.retriable
+            and elapsed_s < settings.destination_give_up_s
+        ):
+            delay_s = random.uniform(
+                0.5, min(settings.retry_backoff_max_s, 2.0 ** max(failure.attempts, 1))
+            )
+            document = {
+                "collector": failure.collector_key,
+                "inputs": failure.items,
+                "attempts": failure.attempts,
+                "first_failure_at": first_failure_at,
+                "next_attempt_at": time.time() + delay_s,
+                "error": failure.reason,
+            }
+            stats.totals["retries_scheduled"] += 1
+            return await retry.send(
+                key=failure.collector_key.encode(),
+                value=orjson.dumps(document),
+                force=True,
+            )
+        field_name = "inputs" if failure.payload_kind == "inputs" else "items"
+        payload = orjson.dumps(
+            {"collector": failure.collector_key, field_name: failure.items}
+        )
+        stats.add_funnel(failure.collector_key, "dead_lettered", len(failure.items))
+        source_topic = (
+            settings.retry_topic
+            if failure.payload_kind == "inputs"
+            else settings.queue_topic
+        )
+        return await dead_letters.send_failed_delivery(
+            failure, payload, source_topic, first_failure_at
+        )
+
+    @app.agent(retry, name=f"{settings.consumer_group}-retry", concurrency=1)
+    async def retry_deliveries(stream: StreamT[bytes]) -> None:
+        await cache.wait_ready()
+        async for events in stream.take_events(50, within=settings.batch_within_s):
+            await _process_batch(stream, events, partial(_retry_batch, events))
+
+    async def _retry_batch(events: Sequence[EventT]) -> None:
+        documents = []
+        pending: list[Awaitable[Any]] = []
+        for event in events:
+            try:
+                document = orjson.loads(event.message.value)
+                documents.append((document["collector"], document["inputs"], document))
+            except (orjson.JSONDecodeError, KeyError, TypeError) as error:
+                reason = f"invalid retry message: {error!r}"
+                pending.append(
+                    await dead_letters.send_raw(
+                        event.message, reason, "INVALID_RETRY_MESSAGE"
+                    )
+                )
+        if documents:
+            due_at = max(float(d.get("next_attempt_at", 0.0)) for _, _, d in documents)
+            wait_s = min(due_at - time.time(), settings.retry_backoff_max_s)
+            if wait_s > 0:
+                await asyncio.sleep(wait_s)
+        outcomes = await asyncio.gather(
+            *(_retry_one(key, inputs, document) for key, inputs, document in documents)
+        )
+        for failure, document in outcomes:
+            if failure is not None:
+                first = float(document.get("first_failure_at") or time.time())
+                pending.append(await _route_failure(failure, first_failure_at=first))
+        await asyncio.gather(*pending)
+
+    async def _retry_one(
+        key: str, inputs: list[dict[str, Any]], document: dict[str, Any]
+    ) -> tuple[FailedDelivery | None, dict[str, Any]]:
+        view = cache.snapshot.by_key.get(key)
+        if view is None or not view.record.active:
+            stats.add_funnel(key, "dropped_inactive", len(inputs))
+            return None, document
+        stats.totals["retries_attempted"] += 1
+        failure = await deliverer.post(
+            view, inputs, settings.destination_inline_retry_s
+        )
+        if failure is not None:
+            attempts = int(document.get("attempts") or 0) + failure.attempts
+            failure = dataclasses.replace(failure, attempts=attempts)
+        return failure, document
 
     @app.task
     async def follow_configuration() -> None:

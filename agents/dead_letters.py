@@ -2,7 +2,8 @@
 
 Headers (all UTF-8 text): `error` (the reason, naming the field when validation
 failed), `error_code` (INVALID_JSON, INVALID_EVENT, INVALID_OUTPUT, EMPTY_EVENT,
-EVENT_TOO_LARGE, INVALID_QUEUE_MESSAGE, COLLECTOR_MODEL_FAILED or
+EVENT_TOO_LARGE, INVALID_QUEUE_MESSAGE, INVALID_RETRY_MESSAGE,
+COLLECTOR_MODEL_FAILED or
 COLLECTOR_POST_INPUT_FAILED),
 `source_topic`, `source_partition`, `source_offset`, `attempts`,
 `first_failure_at` (RFC 3339), and when known `event_id`, `output_index` and
@@ -46,9 +47,8 @@ def _headers(
 
 
 class DeadLetterWriter:
-    def __init__(self, topic: TopicT, queue_topic: str) -> None:
+    def __init__(self, topic: TopicT) -> None:
         self.topic = topic
-        self.queue_topic = queue_topic
 
     async def send_event(
         self, message: Message, dead_letter: DeadLetter
@@ -74,17 +74,24 @@ class DeadLetterWriter:
         )
 
     async def send_failed_delivery(
-        self, failure: FailedDelivery, payload: bytes
+        self,
+        failure: FailedDelivery,
+        payload: bytes,
+        source_topic: str,
+        first_failure_at: float,
     ) -> Awaitable[Any]:
-        """Dead-letter inputs whose POST failed for good, as a queue message that
-        `collectors dlq replay` can put back on the queue topic."""
+        """Dead-letter inputs that failed for good, as a message that `collectors dlq
+        replay` can put back on `source_topic`."""
+        first = datetime.fromtimestamp(first_failure_at, UTC)
         headers = {
             "error": failure.reason[:MAX_REASON_CHARS],
             "error_code": failure.code,
             "collector": failure.collector_key,
-            "source_topic": self.queue_topic,
+            "source_topic": source_topic,
             "attempts": str(max(failure.attempts, 1)),
-            "first_failure_at": _now(),
+            "first_failure_at": first.isoformat(timespec="milliseconds").replace(
+                "+00:00", "Z"
+            ),
         }
         return await self.topic.send(
             key=failure.collector_key.encode(),

@@ -4,7 +4,8 @@ For each collector's items: drop them when the collector was deleted or paused
 since they were queued, run a deferred pre-queue workflow (one with remote models),
 run the post-queue workflow on the original input, and post the survivors. Different
 collectors are delivered concurrently, so one slow destination delays the others
-only until its requests time out or its retries give up.
+only until its requests time out or its inline retries give up; after that, the
+inputs move to the retry topic (see agents/app.py).
 """
 
 from __future__ import annotations
@@ -33,11 +34,20 @@ REMOTE_MODEL_RETRY_DELAYS_S = (0.2, 1.0)
 
 @dataclass(frozen=True, slots=True)
 class FailedDelivery:
+    """Inputs of one collector that could not be delivered.
+
+    `payload_kind` is "items" for queue items that failed before the POST (the
+    payload can go back on the queue topic) and "inputs" for built destination
+    inputs whose POST failed (the payload can go to the retry topic).
+    """
+
     collector_key: str
     items: list[dict[str, Any]]
     reason: str
     attempts: int
     code: str = "COLLECTOR_POST_INPUT_FAILED"
+    retriable: bool = False
+    payload_kind: str = "inputs"
 
 
 class Deliverer:
@@ -46,7 +56,12 @@ class Deliverer:
         destination: Destination,
         stats: WorkerStats,
         call_remote_model: RemoteModelCall | None = None,
+        inline_give_up_s: float = 5.0,
     ) -> None:
+        # How long the deliver agent retries a failing POST before it moves the
+        # inputs to the retry topic: the bound on how long one failing destination
+        # holds up the other collectors of a batch (plus one request timeout).
+        self.inline_give_up_s = inline_give_up_s
         self.destination = destination
         self.stats = stats
         self.call_remote_model = call_remote_model
@@ -90,27 +105,50 @@ class Deliverer:
             funnel["failed"] += len(model_failures)
             failures.append(
                 FailedDelivery(
-                    key, model_failures, model_error, 1, "COLLECTOR_MODEL_FAILED"
+                    key,
+                    model_failures,
+                    model_error,
+                    1,
+                    "COLLECTOR_MODEL_FAILED",
+                    payload_kind="items",
                 )
             )
         if not survivors:
             return failures
 
+        inputs = [
+            destination_input(item, view.record.collect_outputs) for item in survivors
+        ]
+        failure = await self.post(view, inputs, self.inline_give_up_s)
+        if failure is not None:
+            failures.append(failure)
+        return failures
+
+    async def post(
+        self, view: CollectorView, inputs: list[dict[str, Any]], give_up_s: float
+    ) -> FailedDelivery | None:
+        """POST inputs for a collector, retrying for up to `give_up_s`; return the
+        failure, or None when every input was delivered."""
         record = view.record
-        inputs = [destination_input(item, record.collect_outputs) for item in survivors]
+        funnel = self.stats.funnel[view.key]
         try:
             result = await self.destination.post_inputs(
-                record.user_id, record.app_id, view.post_inputs_key, inputs
+                record.user_id,
+                record.app_id,
+                view.post_inputs_key,
+                inputs,
+                give_up_s=give_up_s,
             )
         except DeliveryError as error:
-            logger.error("delivery for collector %s failed: %s", key, error)
-            funnel["failed"] += len(survivors)
-            failures.append(FailedDelivery(key, list(survivors), str(error), 0))
-            return failures
+            logger.warning("delivery for collector %s failed: %s", view.key, error)
+            funnel["failed"] += len(inputs)
+            return FailedDelivery(
+                view.key, inputs, str(error), error.attempts, retriable=error.retriable
+            )
         funnel["posted"] += result.posted
         funnel["already_present"] += result.already_present
         self.stats.destination_latency_s.append(result.latency_s)
-        return failures
+        return None
 
     async def _passes_workflows(
         self, view: CollectorView, item: dict[str, Any]

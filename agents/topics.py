@@ -27,6 +27,7 @@ def wanted_topics(settings: Settings) -> dict[str, int]:
     return {
         settings.input_topic: settings.input_partitions,
         settings.queue_topic: settings.internal_partitions,
+        settings.retry_topic: settings.internal_partitions,
         settings.dlq_topic: settings.input_partitions,
     }
 

@@ -44,7 +44,10 @@ def build_worker_app(settings: Settings) -> faust.App:
     )
     model_client = httpx.AsyncClient(timeout=settings.model_timeout_s)
     deliverer = Deliverer(
-        destination, stats, _remote_model_caller(settings, model_client)
+        destination,
+        stats,
+        _remote_model_caller(settings, model_client),
+        inline_give_up_s=settings.destination_inline_retry_s,
     )
     router = Router(settings.max_event_bytes, stats)
     app = create_app(settings, cache, router, deliverer, stats)

@@ -41,8 +41,10 @@ class DeliveryError(Exception):
         retriable: bool,
         http_status: int | None = None,
         retry_after_s: float | None = None,
+        attempts: int = 1,
     ) -> None:
         super().__init__(message)
+        self.attempts = attempts
         self.retriable = retriable
         self.http_status = http_status
         self.retry_after_s = retry_after_s
@@ -81,16 +83,22 @@ class Destination:
         await self._client.aclose()
 
     async def post_inputs(
-        self, user_id: str, app_id: str, key: str, inputs: Sequence[dict[str, Any]]
+        self,
+        user_id: str,
+        app_id: str,
+        key: str,
+        inputs: Sequence[dict[str, Any]],
+        give_up_s: float | None = None,
     ) -> DeliveryResult:
         """Post all inputs, in requests of at most 128; raise DeliveryError when a
-        request fails for good or retries run out of time."""
+        request fails for good or retries run out of time (`give_up_s`, by default
+        the client's)."""
         posted = present = attempts = 0
         started = time.monotonic()
         for start in range(0, len(inputs), MAX_INPUTS_PER_REQUEST):
             chunk = inputs[start : start + MAX_INPUTS_PER_REQUEST]
             chunk_posted, chunk_present, chunk_attempts = await self._post_with_retries(
-                user_id, app_id, key, chunk
+                user_id, app_id, key, chunk, give_up_s or self.give_up_s
             )
             posted += chunk_posted
             present += chunk_present
@@ -98,9 +106,14 @@ class Destination:
         return DeliveryResult(posted, present, attempts, time.monotonic() - started)
 
     async def _post_with_retries(
-        self, user_id: str, app_id: str, key: str, chunk: Sequence[dict[str, Any]]
+        self,
+        user_id: str,
+        app_id: str,
+        key: str,
+        chunk: Sequence[dict[str, Any]],
+        give_up_s: float,
     ) -> tuple[int, int, int]:
-        deadline = time.monotonic() + self.give_up_s
+        deadline = time.monotonic() + give_up_s
         attempt = 0
         while True:
             attempt += 1
@@ -114,6 +127,7 @@ class Destination:
                         f"{error} (after {attempt} attempts)",
                         error.retriable,
                         error.http_status,
+                        attempts=attempt,
                     ) from error
                 logger.warning(
                     "POST /inputs to %s/%s failed (attempt %d), retrying in %.2f s: %s",

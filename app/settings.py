@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIB = 1024 * 1024
@@ -80,9 +80,27 @@ class Settings(BaseSettings):
     destination_give_up_s: float = Field(
         120.0, validation_alias="COLLECTORS_DESTINATION_GIVE_UP_S"
     )
+    # How long the deliver agent retries a failing POST before it moves the inputs
+    # to the retry topic, which bounds how long one failing destination holds up
+    # the other collectors' deliveries.
+    destination_inline_retry_s: float = Field(
+        5.0, validation_alias="COLLECTORS_DESTINATION_INLINE_RETRY_S"
+    )
+    retry_backoff_max_s: float = Field(
+        30.0, validation_alias="COLLECTORS_RETRY_BACKOFF_MAX_S"
+    )
     model_timeout_s: float = Field(5.0, validation_alias="COLLECTORS_MODEL_TIMEOUT_S")
     model_url_allowlist: str = Field(
         "", validation_alias="COLLECTORS_MODEL_URL_ALLOWLIST"
+    )
+
+    # Management commands (`collectors collectors ...`, `collectors workflows ...`):
+    # the REST API they call (empty means http://127.0.0.1:<COLLECTORS_HTTP_PORT>)
+    # and the key they send.
+    api_url: str = Field("", validation_alias="COLLECTORS_API_URL")
+    api_key: SecretStr = Field(
+        SecretStr(""),
+        validation_alias=AliasChoices("COLLECTORS_API_KEY", "CLARIFAI_PAT"),
     )
 
     log_level: str = Field("INFO", validation_alias="COLLECTORS_LOG_LEVEL")
@@ -103,3 +121,7 @@ class Settings(BaseSettings):
     @property
     def queue_topic(self) -> str:
         return f"{self.consumer_group}-queue"
+
+    @property
+    def retry_topic(self) -> str:
+        return f"{self.consumer_group}-retry"

@@ -69,8 +69,10 @@ class Destination:
     post_counts: Counter[str] = field(default_factory=Counter)
     requests: list[dict[str, Any]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
-    # When set, answers every POST with this HTTP status (to simulate an outage).
+    # When set, answers every POST with this HTTP status (to simulate an outage),
+    # or only the POSTs to the apps in `failing_apps` ("user/app") when that is set.
     fail_with: int | None = None
+    failing_apps: set[str] = field(default_factory=set)
     url: str = ""
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
@@ -95,10 +97,13 @@ def serve_destination() -> Iterator[Destination]:
                         "count": len(body.get("inputs", [])),
                     }
                 )
-                if destination.fail_with is not None:
+                user_app = f"{parts[2]}/{parts[4]}"
+                failing = (
+                    not destination.failing_apps or user_app in destination.failing_apps
+                )
+                if destination.fail_with is not None and failing:
                     self._answer(destination.fail_with, {"status": {"code": 10020}})
                     return
-                user_app = f"{parts[2]}/{parts[4]}"
                 for item in body["inputs"]:
                     destination.post_counts[item["id"]] += 1
                     destination.inputs.setdefault(item["id"], {**item, "app": user_app})
