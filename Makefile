@@ -1,0 +1,76 @@
+# Developer entry points. Kafka and Redis run as local processes started by
+# scripts/services.sh, so no Docker engine is needed.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+VENV_PYTHON := $(VENV)/bin/python
+SERVICES := scripts/services.sh
+SERVICES_DATA_DIR ?= $(CURDIR)/.data/services
+# Extra pytest options, for example: make test PYTEST_ARGS='-x -k redis'
+PYTEST_ARGS ?=
+# Written after a successful pip install, so that the install step reruns only when
+# pyproject.toml changes (the package is installed in editable mode).
+INSTALL_STAMP := $(VENV)/.install-stamp
+
+.PHONY: install up down status test demo bench lint clean-data
+
+install: $(INSTALL_STAMP)
+	$(SERVICES) install
+
+$(INSTALL_STAMP): pyproject.toml
+	test -x $(VENV_PYTHON) || $(PYTHON) -m venv $(VENV)
+	$(VENV_PYTHON) -m pip install -e '.[dev]'
+	touch $@
+
+up:
+	$(SERVICES) up
+
+down:
+	$(SERVICES) down
+
+status:
+	$(SERVICES) status
+
+# The test set-up also starts the services it needs, but starting them here first keeps a
+# failed start out of the test report.
+test: install
+	$(SERVICES) up
+	$(VENV_PYTHON) -m pytest $(PYTEST_ARGS)
+
+demo: install
+	$(SERVICES) up
+	$(VENV_PYTHON) -m app.demo
+
+bench: install
+	@if [ -f bench/__main__.py ]; then \
+		$(SERVICES) up && $(VENV_PYTHON) -m bench; \
+	else \
+		echo "No benchmarks yet: bench/__main__.py does not exist."; \
+	fi
+
+lint:
+	@if $(VENV_PYTHON) -m ruff --version >/dev/null 2>&1; then \
+		ruff="$(VENV_PYTHON) -m ruff"; \
+	elif command -v ruff >/dev/null; then \
+		ruff=ruff; \
+	else \
+		echo "ruff is not installed, so Python lint is skipped (install it with pip)."; \
+		ruff=; \
+	fi; \
+	if [ -n "$$ruff" ]; then $$ruff check . && $$ruff format --check .; fi
+	@if command -v shellcheck >/dev/null; then shellcheck scripts/services.sh .ci/run; fi
+
+# Stops every instance that services.sh started under SERVICES_DATA_DIR, including the
+# private ones of tests on other ports, then deletes their data.
+clean-data:
+	@shopt -s nullglob; \
+	for dir in "$(SERVICES_DATA_DIR)"/kafka-*/; do \
+		port=$${dir%/}; port=$${port##*-}; \
+		SERVICES_DATA_DIR="$(SERVICES_DATA_DIR)" SERVICES_ONLY=kafka KAFKA_PORT=$$port $(SERVICES) down; \
+	done; \
+	for dir in "$(SERVICES_DATA_DIR)"/redis-*/; do \
+		port=$${dir%/}; port=$${port##*-}; \
+		SERVICES_DATA_DIR="$(SERVICES_DATA_DIR)" SERVICES_ONLY=redis REDIS_PORT=$$port $(SERVICES) down; \
+	done
+	rm -rf "$(SERVICES_DATA_DIR)"
