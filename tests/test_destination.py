@@ -1,0 +1,178 @@
+"""The destination client against an HTTP server run by the test."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from app.destination import MAX_INPUTS_PER_REQUEST, DeliveryError, Destination
+
+
+class Script:
+    """Answers to give, in order: (HTTP status, JSON document, extra headers)."""
+
+    def __init__(
+        self, answers: list[tuple[int, dict[str, Any], dict[str, str]]]
+    ) -> None:
+        self.answers = answers
+        self.requests: list[dict[str, Any]] = []
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[str, Script]]:
+    script = Script([])
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (the name http.server requires)
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            script.requests.append(
+                {"path": self.path, "auth": self.headers["Authorization"], "body": body}
+            )
+            if script.answers:
+                status, document, headers = script.answers.pop(0)
+            else:
+                status, document, headers = 200, {"status": {"code": 10000}}, {}
+            if document == {"echo": True}:
+                document = {"status": {"code": 10000}, "inputs": body["inputs"]}
+            payload = json.dumps(document).encode()
+            self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            pass
+
+    http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=http.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{http.server_address[1]}", script
+    http.shutdown()
+    http.server_close()
+
+
+def inputs(count: int) -> list[dict[str, Any]]:
+    return [
+        {"id": f"in-{n}", "data": {"image": {"url": f"u{n}"}}} for n in range(count)
+    ]
+
+
+async def test_destination_posts_in_chunks_of_128(server: tuple[str, Script]) -> None:
+    url, script = server
+    script.answers = [(200, {"echo": True}, {}) for _ in range(3)]
+    destination = Destination(url, give_up_s=5)
+    result = await destination.post_inputs("u", "a", "secret", inputs(300))
+    await destination.aclose()
+    assert result.posted == 300
+    assert [len(r["body"]["inputs"]) for r in script.requests] == [128, 128, 44]
+    assert MAX_INPUTS_PER_REQUEST == 128
+    assert {r["path"] for r in script.requests} == {"/v2/users/u/apps/a/inputs"}
+    assert {r["auth"] for r in script.requests} == {"Key secret"}
+
+
+@pytest.mark.parametrize("status", [408, 425, 429, 500, 502, 503])
+async def test_destination_retries_transient_status(
+    server: tuple[str, Script], status: int
+) -> None:
+    url, script = server
+    script.answers = [
+        (status, {"status": {"code": 10020}}, {}),
+        (200, {"echo": True}, {}),
+    ]
+    destination = Destination(url, give_up_s=10, backoff_base_s=0.01)
+    result = await destination.post_inputs("u", "a", "k", inputs(2))
+    await destination.aclose()
+    assert result.posted == 2
+    assert result.attempts == 2
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404])
+async def test_destination_does_not_retry_client_error(
+    server: tuple[str, Script], status: int
+) -> None:
+    url, script = server
+    script.answers = [(status, {"status": {"code": 11102, "description": "bad"}}, {})]
+    destination = Destination(url, give_up_s=10, backoff_base_s=0.01)
+    with pytest.raises(DeliveryError) as caught:
+        await destination.post_inputs("u", "a", "k", inputs(1))
+    await destination.aclose()
+    assert caught.value.retriable is False
+    assert caught.value.http_status == status
+    assert len(script.requests) == 1
+
+
+async def test_destination_counts_existing_ids_as_delivered(
+    server: tuple[str, Script],
+) -> None:
+    url, script = server
+    duplicate = {
+        "status": {"code": 10010},
+        "inputs": [
+            {"id": "in-0", "status": {"code": 30100}},
+            {"id": "in-1", "status": {"code": 30000}},
+        ],
+    }
+    script.answers = [(200, duplicate, {})]
+    destination = Destination(url, give_up_s=5)
+    result = await destination.post_inputs("u", "a", "k", inputs(2))
+    await destination.aclose()
+    assert result.posted == 1
+    assert result.already_present == 1
+
+
+async def test_destination_all_duplicates_on_4xx_is_delivered(
+    server: tuple[str, Script],
+) -> None:
+    url, script = server
+    answer = {
+        "status": {"code": 40010},
+        "inputs": [{"id": "in-0", "status": {"code": 40010}}],
+    }
+    script.answers = [(409, answer, {})]
+    destination = Destination(url, give_up_s=5)
+    result = await destination.post_inputs("u", "a", "k", inputs(1))
+    await destination.aclose()
+    assert result.already_present == 1
+    assert len(script.requests) == 1
+
+
+async def test_destination_honours_retry_after(server: tuple[str, Script]) -> None:
+    url, script = server
+    script.answers = [
+        (429, {"status": {"code": 11005}}, {"Retry-After": "1"}),
+        (200, {"echo": True}, {}),
+    ]
+    destination = Destination(url, give_up_s=10, backoff_base_s=0.001)
+    result = await destination.post_inputs("u", "a", "k", inputs(1))
+    await destination.aclose()
+    assert result.attempts == 2
+    assert result.latency_s >= 1.0
+
+
+async def test_destination_gives_up_after_deadline(server: tuple[str, Script]) -> None:
+    url, script = server
+    script.answers = [(503, {"status": {"code": 10020}}, {}) for _ in range(100)]
+    destination = Destination(
+        url, give_up_s=0.5, backoff_base_s=0.05, backoff_max_s=0.1
+    )
+    with pytest.raises(DeliveryError) as caught:
+        await destination.post_inputs("u", "a", "k", inputs(1))
+    await destination.aclose()
+    assert caught.value.retriable is True
+    assert caught.value.attempts == len(script.requests)
+    assert len(script.requests) >= 2
+
+
+async def test_destination_connection_refused_is_retriable() -> None:
+    destination = Destination("http://127.0.0.1:1", give_up_s=0.3, backoff_base_s=0.05)
+    with pytest.raises(DeliveryError) as caught:
+        await destination.post_inputs("u", "a", "k", inputs(1))
+    await destination.aclose()
+    assert caught.value.retriable is True
+    assert "cannot reach" in str(caught.value)
