@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from agents.stateful import StatefulGate
 from agents.stats import WorkerStats
 from app.config_cache import CollectorView, ConfigSnapshot
 from app.destination import DeliveryError, Destination
@@ -57,7 +58,9 @@ class Deliverer:
         stats: WorkerStats,
         call_remote_model: RemoteModelCall | None = None,
         inline_give_up_s: float = 5.0,
+        gate: StatefulGate | None = None,
     ) -> None:
+        self.gate = gate
         # How long the deliver agent retries a failing POST before it moves the
         # inputs to the retry topic: the bound on how long one failing destination
         # holds up the other collectors of a batch (plus one request timeout).
@@ -113,6 +116,8 @@ class Deliverer:
                     payload_kind="items",
                 )
             )
+        if self.gate is not None:
+            survivors = await self.gate.admit(view, survivors)
         if not survivors:
             return failures
 
@@ -205,6 +210,7 @@ class Deliverer:
             seed_key=seed_key,
             relations=view.relations,
             remote_outputs=remote_outputs,
+            collector_key=view.key,
         )
         return workflow.run(data, context).passed
 

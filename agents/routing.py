@@ -30,6 +30,7 @@ from app.models import (
 )
 from rules.context import EvalContext
 from rules.sampling import keep_random_sample
+from rules.uncertainty import metadata_value, sticky_fraction
 
 
 def destination_input_id(collector_key: str, event_id: str, input_id: str) -> str:
@@ -88,21 +89,21 @@ class Router:
                 )
                 totals["outputs_dead_lettered"] += 1
                 continue
-            if checked.status.code != SUCCESS:
-                totals["outputs_skipped_status"] += 1
-                continue
+            failed = checked.status.code != SUCCESS
             model = checked.model
             collectors = snapshot.by_source.get(
                 f"{model.user_id}/{model.app_id}/{model.id}"
             )
             if not collectors:
-                totals["outputs_unwatched"] += 1
+                totals["outputs_skipped_status" if failed else "outputs_unwatched"] += 1
                 continue
             version_id = model.model_version.id if model.model_version else ""
             for view in collectors:
+                if failed and not view.record.collect_failed_predictions:
+                    continue
                 if not _source_matches(view, version_id, caller_user_id):
                     continue
-                item = self._sample(view, event, output, checked.input.id)
+                item = self._sample(view, event, output, checked.input.id, failed)
                 if item is not None:
                     result.batches[view.key].append(item)
 
@@ -149,9 +150,11 @@ class Router:
         event: PredictionEvent,
         output: dict[str, Any],
         input_id: str,
+        failed: bool = False,
     ) -> dict[str, Any] | None:
         """Apply the random sample and the pre-queue workflow; return the queue item
-        when the input survives."""
+        when the input survives. A failed prediction has no output for the pre-queue
+        workflow to judge, so only the random sample applies to it."""
         funnel = self.stats.funnel[view.key]
         funnel["matched"] += 1
         record = view.record
@@ -159,16 +162,19 @@ class Router:
             funnel["dropped_pre_queue"] += 1
             return None
         fraction = record.pre_queue_random_sample
-        if fraction > 0.0 and not keep_random_sample(view.key, input_id, fraction):
+        if fraction > 0.0 and not _keep_sample(
+            view, output["input"], input_id, fraction
+        ):
             funnel["dropped_random_sample"] += 1
             return None
 
-        deferred = view.pre_queue_is_remote
-        if view.pre_queue is not None and not deferred:
+        deferred = view.pre_queue_is_remote and not failed
+        if view.pre_queue is not None and not deferred and not failed:
             context = EvalContext(
                 input=output["input"],
                 seed_key=f"{view.key}/{input_id}",
                 relations=view.relations,
+                collector_key=view.key,
             )
             outcome = view.pre_queue.run(output.get("data") or {}, context)
             if not outcome.passed:
@@ -176,6 +182,20 @@ class Router:
                 return None
         funnel["enqueued"] += 1
         return queue_item(view, event, output, input_id, pre_queue_pending=deferred)
+
+
+def _keep_sample(
+    view: CollectorView, input_document: dict[str, Any], input_id: str, fraction: float
+) -> bool:
+    """Apply the collector's random sample: by input id, or by the value at its
+    `sample_key` metadata path so that inputs sharing the value stay together."""
+    sample_key = view.record.sample_key
+    if not sample_key:
+        return keep_random_sample(view.key, input_id, fraction)
+    value = metadata_value(input_document, sample_key)
+    if value is None:
+        return False
+    return sticky_fraction(view.key, value) < fraction
 
 
 def _source_matches(view: CollectorView, version_id: str, caller_user_id: str) -> bool:
@@ -204,8 +224,13 @@ def queue_item(
         "created_at": event.created_at.timestamp(),
         "input": output["input"],
     }
+    data = output.get("data") or {}
     if view.record.collect_outputs or pre_queue_pending:
-        item["output_data"] = output.get("data") or {}
+        item["output_data"] = data
+    concepts = data.get("concepts")
+    if concepts:
+        top = max(concepts, key=lambda concept: concept.get("value", 0.0))
+        item["top_concept"] = top.get("id", "")
     if pre_queue_pending:
         item["pre_queue_pending"] = True
     return item

@@ -18,6 +18,8 @@ FUNNEL_STEPS = (
     "enqueued",
     "dropped_inactive",
     "dropped_post_queue",
+    "dropped_duplicate",
+    "dropped_quota",
     "posted",
     "already_present",
     "failed",

@@ -17,6 +17,7 @@ import httpx
 from agents.app import create_app
 from agents.delivery import Deliverer, RemoteModelCall
 from agents.routing import Router
+from agents.stateful import StatefulGate
 from agents.stats import WorkerStats
 from agents.topics import ensure_topics
 from agents.web import add_web_views
@@ -48,6 +49,7 @@ def build_worker_app(settings: Settings) -> faust.App:
         stats,
         _remote_model_caller(settings, model_client),
         inline_give_up_s=settings.destination_inline_retry_s,
+        gate=StatefulGate(store.redis, stats),
     )
     router = Router(settings.max_event_bytes, stats)
     app = create_app(settings, cache, router, deliverer, stats)

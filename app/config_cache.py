@@ -27,6 +27,7 @@ from app.models import CollectorRecord, ConceptRelation, Workflow
 from app.security import SecretBox
 from app.store import Store
 from rules.errors import RuleConfigError
+from rules.stateful import StatefulRule, stateful_rules
 from rules.workflow import CompiledWorkflow, compile_workflow
 
 logger = logging.getLogger(__name__)
@@ -46,6 +47,8 @@ class CollectorView:
     relations: tuple[Mapping[str, Any], ...]
     # Names a workflow that does not exist (or does not compile): collects nothing.
     broken_reason: str = ""
+    # Quota and dedupe nodes of both workflows, applied right before posting.
+    stateful_rules: tuple[StatefulRule, ...] = ()
 
     @property
     def pre_queue_is_remote(self) -> bool:
@@ -294,6 +297,12 @@ class ConfigCache:
             post_queue=compiled[1],
             relations=self._relations.get((record.user_id, record.app_id), ()),
             broken_reason="; ".join(reasons),
+            stateful_rules=tuple(
+                rule
+                for workflow in compiled
+                if workflow is not None
+                for rule in stateful_rules(workflow.nodes.values())
+            ),
         )
         if view.broken_reason:
             logger.warning(

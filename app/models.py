@@ -121,6 +121,10 @@ class CollectorRecord(BaseModel):
     post_inputs_key_encrypted: str = ""
     status_code: Literal[52001, 52002] = COLLECTOR_ACTIVE
     collect_outputs: bool = False
+    # Options of this service that Clarifai's Collector has no fields for; the REST
+    # API carries them in the collector's `metadata` object.
+    sample_key: str = ""
+    collect_failed_predictions: bool = False
 
     @property
     def key(self) -> str:

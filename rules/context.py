@@ -51,6 +51,10 @@ class EvalContext:
     """Output data of each remote model node (see `remote_nodes`), by node id,
     computed by the caller before the workflow runs."""
 
+    collector_key: str = ""
+    """`user/app/collector` of the collector the workflow runs for; sticky-sample
+    nodes hash it with the chosen key value."""
+
 
 Operator = Callable[[Data, EvalContext], Data]
 """Compiled node, a function from its input data and the context to its output data.

@@ -6,7 +6,8 @@ data and the EvalContext to its output data. Invalid parameters raise
 RuleConfigError with the parameter's path.
 
 Clarifai documents random-sample, concept-thresholder, concept-synonym-mapper and
-annotation-writer. max-probability-below, min-probability-above and metadata-filter
+annotation-writer. max-probability-below, min-probability-above, metadata-filter,
+sticky-sample, margin-below, entropy-above, least-confidence-above, quota and dedupe
 are this service's own types.
 """
 
@@ -29,6 +30,13 @@ from rules.params import (
     required_fraction,
 )
 from rules.sampling import sample_fraction
+from rules.stateful import compile_dedupe, compile_quota
+from rules.uncertainty import (
+    compile_entropy_above,
+    compile_least_confidence_above,
+    compile_margin_below,
+    compile_sticky_sample,
+)
 
 __all__ = [
     "OPERATORS",
@@ -145,6 +153,12 @@ OPERATORS: Mapping[str, OperatorFactory] = MappingProxyType(
         "max-probability-below": compile_max_probability_below,
         "min-probability-above": compile_min_probability_above,
         "metadata-filter": compile_metadata_filter,
+        "sticky-sample": compile_sticky_sample,
+        "margin-below": compile_margin_below,
+        "entropy-above": compile_entropy_above,
+        "least-confidence-above": compile_least_confidence_above,
+        "quota": compile_quota,
+        "dedupe": compile_dedupe,
     }
 )
 """Operator factories by `model_type_id`."""

@@ -59,6 +59,12 @@ def test_registry_known_types() -> None:
         "max-probability-below",
         "min-probability-above",
         "metadata-filter",
+        "sticky-sample",
+        "margin-below",
+        "entropy-above",
+        "least-confidence-above",
+        "quota",
+        "dedupe",
     }
 
 
@@ -601,8 +607,9 @@ def test_remote_model_missing_output() -> None:
 # invalid parameters
 
 KNOWN_TYPES = (
-    "annotation-writer, concept-synonym-mapper, concept-thresholder,"
-    " max-probability-below, metadata-filter, min-probability-above, random-sample"
+    "annotation-writer, concept-synonym-mapper, concept-thresholder, dedupe,"
+    " entropy-above, least-confidence-above, margin-below, max-probability-below,"
+    " metadata-filter, min-probability-above, quota, random-sample, sticky-sample"
 )
 KEEP = "output_info.params.keep_fraction: expected a number in (0, 1]"
 THRESHOLD = "output_info.params.threshold: expected a number in [0, 1]"

@@ -408,8 +408,10 @@ INVALID_GRAPHS: list[tuple[Any, str]] = [
     (
         [annotation("a"), node("b", "nope", ("a",))],
         "nodes[1].model.model_type_id: expected one of annotation-writer,"
-        " concept-synonym-mapper, concept-thresholder, max-probability-below,"
-        ' metadata-filter, min-probability-above, random-sample, got "nope"',
+        " concept-synonym-mapper, concept-thresholder, dedupe, entropy-above,"
+        " least-confidence-above, margin-below, max-probability-below,"
+        " metadata-filter, min-probability-above, quota, random-sample,"
+        ' sticky-sample, got "nope"',
     ),
     (
         [node("a", "concept-thresholder")],
