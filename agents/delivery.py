@@ -94,7 +94,7 @@ class Deliverer:
         model_error = ""
         for item in items:
             try:
-                passed = await self._passes_workflows(view, item)
+                passed = await self.passes_workflows(view, item)
             except RemoteModelError as error:
                 model_failures.append(item)
                 model_error = str(error)
@@ -155,9 +155,7 @@ class Deliverer:
         self.stats.destination_latency_s.append(result.latency_s)
         return None
 
-    async def _passes_workflows(
-        self, view: CollectorView, item: dict[str, Any]
-    ) -> bool:
+    async def passes_workflows(self, view: CollectorView, item: dict[str, Any]) -> bool:
         input_document = item["input"]
         seed_key = f"{view.key}/{input_document.get('id', '')}"
         if item.get("pre_queue_pending") and view.pre_queue is not None:

@@ -311,6 +311,23 @@ class ConfigCache:
         return view
 
 
+async def load_view(
+    store: Store, secret_box: SecretBox, user_id: str, app_id: str, collector_id: str
+) -> CollectorView | None:
+    """Build the view of one collector straight from Redis (for previews)."""
+    record = await store.get_collector(user_id, app_id, collector_id)
+    if record is None:
+        return None
+    cache = ConfigCache(store, secret_box)
+    cache._records = {record.key: record}
+    for workflow_id, workflow in (
+        await store.get_workflows(user_id, app_id, _workflow_ids([record]))
+    ).items():
+        cache._workflows[(user_id, app_id, workflow_id)] = workflow
+    cache._relations[(user_id, app_id)] = await cache._load_relations(user_id, app_id)
+    return cache._view(record)
+
+
 def _workflow_ids(records: Iterable[CollectorRecord]) -> set[str]:
     ids: set[str] = set()
     for record in records:

@@ -14,6 +14,7 @@ Key layout (all keys start with `col:`; `{u}` user id, `{a}` app id):
 | `col:relations:{u}:{a}` | hash | relation id to ConceptRelation JSON |
 | `col:input:{u}:{a}` | hash | input id to input JSON |
 | `col:inputs:{u}:{a}` | zset | input ids, scored by arrival sequence |
+| `col:revisions:{u}:{a}:{id}` | list | a collector's revisions, newest first |
 | `col:changes` | stream | one entry per configuration change, read by workers |
 
 Every configuration write appends to `col:changes` in the same transaction, so a
@@ -97,6 +98,45 @@ def _change(
     return {"kind": kind, "user_id": user_id, "app_id": app_id, "id": item_id, "op": op}
 
 
+REVISION_FIELDS_HIDDEN = {"post_inputs_key_encrypted", "modified_at"}
+MAX_REVISIONS = 1000
+
+
+def _queue_revision(
+    pipe: Any,
+    previous: CollectorRecord | None,
+    updated: CollectorRecord | None,
+    actor: str,
+) -> None:
+    """Queue a revision entry (who, when, what changed) for a collector change.
+
+    The post-inputs key appears only as "changed", never in any form of its value.
+    """
+    record = updated or previous
+    assert record is not None
+    before = previous.model_dump(mode="json") if previous else {}
+    after = updated.model_dump(mode="json") if updated else {}
+    changes = {}
+    for name in sorted(set(before) | set(after)):
+        if name in REVISION_FIELDS_HIDDEN or before.get(name) == after.get(name):
+            continue
+        changes[name] = {"from": before.get(name), "to": after.get(name)}
+    if (previous and updated) and (
+        previous.post_inputs_key_encrypted != updated.post_inputs_key_encrypted
+    ):
+        changes["post_inputs_key_id"] = {"from": "(hidden)", "to": "(changed)"}
+    action = "create" if previous is None else "delete" if updated is None else "update"
+    entry = {
+        "action": action,
+        "actor": actor,
+        "at": time.time(),
+        "changes": changes,
+    }
+    key = f"col:revisions:{record.user_id}:{record.app_id}:{record.id}"
+    pipe.lpush(key, orjson.dumps(entry).decode())
+    pipe.ltrim(key, 0, MAX_REVISIONS - 1)
+
+
 class Store:
     """Async access to everything the service keeps in Redis."""
 
@@ -108,7 +148,9 @@ class Store:
 
     # --- collectors -------------------------------------------------------------
 
-    async def create_collectors(self, records: Sequence[CollectorRecord]) -> None:
+    async def create_collectors(
+        self, records: Sequence[CollectorRecord], actor: str = ""
+    ) -> None:
         """Create all the collectors, or none when any id already exists."""
         keys = [_collector_key(r.user_id, r.app_id, r.id) for r in records]
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -122,13 +164,16 @@ class Store:
                     pipe.multi()
                     for record in records:
                         self._queue_collector_write(pipe, record, previous=None)
+                        _queue_revision(pipe, None, record, actor)
                     await pipe.execute()
                     return
                 except WatchError:
                     continue
 
     async def replace_collectors(
-        self, pairs: Sequence[tuple[CollectorRecord, CollectorRecord]]
+        self,
+        pairs: Sequence[tuple[CollectorRecord, CollectorRecord]],
+        actor: str = "",
     ) -> bool:
         """Replace each (previous, updated) pair; False when one changed meanwhile."""
         keys = [_collector_key(p.user_id, p.app_id, p.id) for p, _ in pairs]
@@ -145,6 +190,7 @@ class Store:
                 pipe.multi()
                 for previous, updated in pairs:
                     self._queue_collector_write(pipe, updated, previous=previous)
+                    _queue_revision(pipe, previous, updated, actor)
                 await pipe.execute()
                 return True
             except WatchError:
@@ -211,7 +257,11 @@ class Store:
         return sorted(await self.redis.smembers(ALL_COLLECTORS))
 
     async def delete_collectors(
-        self, user_id: str, app_id: str, collector_ids: Sequence[str] | None
+        self,
+        user_id: str,
+        app_id: str,
+        collector_ids: Sequence[str] | None,
+        actor: str = "",
     ) -> list[str]:
         """Delete the given collectors (all of the app's when None); return the ids
         that existed."""
@@ -227,6 +277,7 @@ class Store:
                 pipe.zrem(f"col:collectors:{user_id}:{app_id}", record.id)
                 pipe.srem(ALL_COLLECTORS, record.key)
                 pipe.srem(f"col:source:{record.source_key}", record.key)
+                _queue_revision(pipe, record, None, actor)
                 pipe.xadd(
                     CHANGES_STREAM,
                     _change("collector", user_id, app_id, record.id, "delete"),
@@ -238,6 +289,15 @@ class Store:
 
     async def collectors_for_source(self, model_source_key: str) -> list[str]:
         return sorted(await self.redis.smembers(f"col:source:{model_source_key}"))
+
+    async def list_revisions(
+        self, user_id: str, app_id: str, collector_id: str, page: int, per_page: int
+    ) -> list[dict[str, Any]]:
+        """Return a collector's revisions, newest first."""
+        start = (page - 1) * per_page
+        key = f"col:revisions:{user_id}:{app_id}:{collector_id}"
+        values = await self.redis.lrange(key, start, start + per_page - 1)
+        return [orjson.loads(value) for value in values]
 
     # --- workflows --------------------------------------------------------------
 
