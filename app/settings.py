@@ -72,6 +72,15 @@ class Settings(BaseSettings):
     summary_interval_s: float = Field(
         30.0, validation_alias="COLLECTORS_SUMMARY_INTERVAL_S"
     )
+    # How often a worker adds its counters to the statistics in Redis.
+    stats_flush_interval_s: float = Field(
+        2.0, validation_alias="COLLECTORS_STATS_FLUSH_INTERVAL_S"
+    )
+    # A worker reports itself unhealthy at /healthz when a partition it consumes
+    # has had records waiting (lag above 0) for this long without its committed
+    # offset moving. The retry topic gets COLLECTORS_RETRY_BACKOFF_MAX_S more,
+    # because its agent waits that long between attempts on purpose.
+    stall_after_s: float = Field(60.0, validation_alias="COLLECTORS_STALL_AFTER_S")
 
     # Destination and remote models.
     destination_timeout_s: float = Field(
