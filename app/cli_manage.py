@@ -22,6 +22,8 @@ from app.settings import Settings
 
 SUCCESS_CODES = (10000, 10010)
 REQUEST_TIMEOUT_S = 30.0
+# A preview reads up to 100,000 events from Kafka, for which the API allows 45 s.
+PREVIEW_TIMEOUT_S = 90.0
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,7 @@ def _call(
     suffix: str,
     body: dict[str, Any] | None = None,
     params: dict[str, Any] | None = None,
+    timeout_s: float = REQUEST_TIMEOUT_S,
 ) -> None:
     """Send one request, print the JSON response, and exit 1 when it failed."""
     url = target.base_url + target.path(suffix)
@@ -82,7 +85,7 @@ def _call(
             json=body,
             params=params,
             headers={"Authorization": f"Key {target.key}"},
-            timeout=REQUEST_TIMEOUT_S,
+            timeout=timeout_s,
         )
     except httpx.HTTPError as error:
         click.echo(f"error: cannot reach the API at {url}: {error}", err=True)
@@ -151,7 +154,8 @@ _PER_PAGE = click.option(
 
 @click.group("collectors")
 def collectors_group() -> None:
-    """Create, list, get, patch and delete collectors through the API."""
+    """Create, list, get, patch, delete, preview collectors and show their history
+    through the API."""
 
 
 @collectors_group.command("create")
@@ -208,6 +212,101 @@ def collectors_delete(
     """Delete the collectors with the given ids."""
     body = _delete_body(collector_ids, delete_all)
     _call(_target(user_id, app_id), "DELETE", "/collectors", body)
+
+
+@collectors_group.command("preview")
+@click.argument("collector_id")
+@click.option(
+    "--last",
+    "last_n",
+    type=click.IntRange(1, 100_000),
+    default=None,
+    help="Replay the newest N events of the input topic (default 1000).",
+)
+@click.option(
+    "--start",
+    "start_time",
+    default=None,
+    help="Replay the events from this RFC 3339 time on, such as 2026-01-31T12:00:00Z.",
+)
+@click.option(
+    "--end",
+    "end_time",
+    default=None,
+    help="With --start: replay the events before this RFC 3339 time"
+    " (default: up to the newest).",
+)
+@click.option(
+    "--examples",
+    type=click.IntRange(0, 50),
+    default=None,
+    help="How many inputs that would be posted to show (default 5).",
+)
+@_target_options
+def collectors_preview(
+    collector_id: str,
+    last_n: int | None,
+    start_time: str | None,
+    end_time: str | None,
+    examples: int | None,
+    user_id: str,
+    app_id: str,
+) -> None:
+    """Show what COLLECTOR_ID would collect from recent events, without posting."""
+    body = _preview_body(last_n, start_time, end_time, examples)
+    _call(
+        _target(user_id, app_id),
+        "POST",
+        f"/collectors/{collector_id}/preview",
+        body,
+        timeout_s=PREVIEW_TIMEOUT_S,
+    )
+
+
+def _preview_body(
+    last_n: int | None,
+    start_time: str | None,
+    end_time: str | None,
+    examples: int | None,
+) -> dict[str, Any]:
+    if last_n is not None and (start_time or end_time):
+        raise click.UsageError("give either --last or --start (and --end), not both")
+    if end_time and not start_time:
+        raise click.UsageError("--end needs --start")
+    body: dict[str, Any] = {}
+    if last_n is not None:
+        body["last_n"] = last_n
+    if start_time:
+        body["start_time"] = start_time
+    if end_time:
+        body["end_time"] = end_time
+    if examples is not None:
+        body["examples"] = examples
+    return body
+
+
+@collectors_group.command("history")
+@click.argument("collector_id")
+@_PAGE
+@_PER_PAGE
+@_target_options
+def collectors_history(
+    collector_id: str,
+    page: int | None,
+    per_page: int | None,
+    user_id: str,
+    app_id: str,
+) -> None:
+    """List the revisions of COLLECTOR_ID, newest first: who changed what, when.
+
+    A deleted collector's revisions stay readable.
+    """
+    _call(
+        _target(user_id, app_id),
+        "GET",
+        f"/collectors/{collector_id}/revisions",
+        params=_paging(page, per_page),
+    )
 
 
 # --- workflows ----------------------------------------------------------------------

@@ -51,6 +51,8 @@ async def read_events(
         TopicPartition(settings.input_topic, p["partition"])
         for p in description["partitions"]
     ]
+    if not partitions:
+        return []
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap_servers,
         enable_auto_commit=False,
@@ -76,10 +78,10 @@ async def read_events(
         events = await _read_until(consumer, begin, stop)
     finally:
         await consumer.stop()
-    events.sort(key=lambda item: item[0])
-    if last_n is not None:
-        events = events[-last_n:]
-    return events
+    # Timestamp, then partition and offset, so that equal timestamps keep one order.
+    events.sort(key=lambda item: item[:3])
+    selected = events[-last_n:] if last_n is not None else events
+    return [(timestamp, value) for timestamp, _, _, value in selected]
 
 
 async def _start_offsets(
@@ -102,16 +104,20 @@ async def _read_until(
     consumer: AIOKafkaConsumer,
     begin: Mapping[TopicPartition, int],
     stop: Mapping[TopicPartition, int],
-) -> list[tuple[int, bytes | None]]:
+) -> list[tuple[int, int, int, bytes | None]]:
+    """Read each partition from `begin` up to `stop`; return (timestamp, partition,
+    offset, value) items. Stops early after READ_TIMEOUT_S or MAX_PREVIEW_EVENTS."""
     remaining = {tp for tp in begin if begin[tp] < stop[tp]}
-    events: list[tuple[int, bytes | None]] = []
+    events: list[tuple[int, int, int, bytes | None]] = []
     deadline = time.monotonic() + READ_TIMEOUT_S
     while remaining and time.monotonic() < deadline:
         batch = await consumer.getmany(*remaining, timeout_ms=500)
         for tp, records in batch.items():
             for record in records:
                 if record.offset < stop[tp]:
-                    events.append((record.timestamp, record.value))
+                    events.append(
+                        (record.timestamp, tp.partition, record.offset, record.value)
+                    )
             if records and records[-1].offset >= stop[tp] - 1:
                 remaining.discard(tp)
         if len(events) > MAX_PREVIEW_EVENTS:

@@ -1,14 +1,20 @@
-"""Collectors RPCs: create, get, list, patch and delete.
+"""Collectors RPCs: create, get, list, patch and delete, and the revision history.
 
 Validation runs on every collector of a request before anything is written, so a
 request creates or changes all its collectors or none. The post-inputs key is stored
 encrypted and returned in plain text only to callers of the collector's app, which
 every caller of these RPCs is once authenticated.
+
+A collector's `metadata` object carries this service's own options, which
+Clarifai's Collector message has no fields for: `sample_key` and
+`collect_failed_predictions`. Only REST requests can set it (app/api/rest.py
+passes it to the handlers); gRPC requests keep the stored options.
 """
 
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime
 from typing import Any
 
 from app.api.auth import key_can_post_inputs, lookup_key
@@ -26,6 +32,7 @@ from app.models import (
     COLLECTOR_INACTIVE,
     ID_PATTERN,
     CollectorRecord,
+    rfc3339,
     utc_now,
 )
 from app.store import AlreadyExists
@@ -34,6 +41,15 @@ MAX_COLLECTORS_PER_REQUEST = 128
 MAX_PATCH_ATTEMPTS = 5
 SOURCE = "collector_source.api_post_model_outputs_collector_source"
 _REQUIRED_SOURCE_FIELDS = ("model_user_id", "model_app_id", "model_id")
+_SOURCE_FIELDS = (
+    *_REQUIRED_SOURCE_FIELDS,
+    "model_version_id",
+    "post_inputs_key_id",
+    "caller_user_id",
+)
+OPTION_NAMES = ("sample_key", "collect_failed_predictions")
+MAX_SAMPLE_KEY_LENGTH = 256
+_REVISION_REQUEST_FIELDS = frozenset({"collector_id", "page", "per_page"})
 
 
 # --- RPCs ---------------------------------------------------------------------
@@ -123,7 +139,40 @@ async def delete_collectors(ctx: RpcContext, request: dict[str, Any]) -> dict[st
     return {}
 
 
+async def list_collector_revisions(
+    ctx: RpcContext, request: dict[str, Any]
+) -> dict[str, Any]:
+    """List a collector's revisions, newest first: who changed what, and when.
+
+    A deleted collector's revisions stay readable, and a collector created again
+    with the same id continues the same history. An id that has neither a
+    collector nor revisions raises 52000.
+    """
+    reject_unknown_fields(request, _REVISION_REQUEST_FIELDS)
+    collector_id = check_id(request.get("collector_id"), "collector_id")
+    page, per_page = parse_paging(request)
+    entries = await ctx.store.list_revisions(
+        ctx.user_id, ctx.app_id, collector_id, page, per_page
+    )
+    if not entries and not await _has_history(ctx, collector_id):
+        raise _missing([collector_id])
+    return {"revisions": [_revision_to_api(entry) for entry in entries]}
+
+
 # --- building and checking records ---------------------------------------------
+
+
+def reject_unknown_fields(request: dict[str, Any], known: frozenset[str]) -> None:
+    """Raise 11102 naming the first field of a JSON request that is not in `known`.
+
+    The RPCs of this service's own gRPC service have no protobuf message to check
+    their fields, so their handlers call this.
+    """
+    for name in request:
+        if name not in known:
+            raise invalid_request(
+                f"{name}: unknown field; expected {', '.join(sorted(known))}"
+            )
 
 
 def _collector_items(request: dict[str, Any]) -> list[dict[str, Any]]:
@@ -159,7 +208,8 @@ async def _patched_pairs(
     pairs = []
     for index, (item, previous) in enumerate(zip(items, previous_records)):
         assert previous is not None
-        merged = _merge(previous.to_api(), item)
+        current = {**previous.to_api(), "metadata": _options_to_api(previous)}
+        merged = _merge(current, item)
         updated = await _build_record(
             ctx, merged, f"collectors[{index}]", previous=previous
         )
@@ -168,7 +218,11 @@ async def _patched_pairs(
 
 
 def _merge(current: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
-    """Overlay the fields given in `patch` on a collector's API form."""
+    """Overlay the fields given in `patch` on a collector's API form.
+
+    A given `metadata` object replaces all the options, so an option it leaves
+    out returns to its default.
+    """
     merged = {**current}
     for name, value in patch.items():
         if name in ("id", "created_at"):
@@ -208,6 +262,7 @@ async def _build_record(
             " pre_queue_random_sample, so the collector knows what to collect"
         )
     await _require_workflows(ctx, path, pre_workflow, post_workflow)
+    options = _check_options(item.get("metadata"), path, sample)
 
     key_encrypted = await _check_post_inputs_key(ctx, source, path, previous)
     return CollectorRecord(
@@ -228,6 +283,7 @@ async def _build_record(
         post_inputs_key_encrypted=key_encrypted,
         status_code=_check_status(item.get("status"), path, previous),
         collect_outputs=bool(item.get("collect_outputs")),
+        **options,
     )
 
 
@@ -284,6 +340,66 @@ def _check_random_sample(value: Any, path: str) -> float:
             f" it unset), got {sample!r}"
         )
     return sample
+
+
+def _check_options(value: Any, path: str, sample: float) -> dict[str, Any]:
+    """Return the options of a collector's `metadata` object as record fields.
+
+    An absent or null object gives the defaults. Raises 11102 naming
+    `{path}.metadata.<key>` for an unknown key or a value of the wrong type, and
+    for a `sample_key` without a pre_queue_random_sample to apply it to.
+    """
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise invalid_request(
+            f"{path}.metadata: expected an object with {' and '.join(OPTION_NAMES)},"
+            f" got {value!r}"
+        )
+    for name in value:
+        if name not in OPTION_NAMES:
+            raise invalid_request(
+                f"{path}.metadata.{name}: unknown option; the options are"
+                f" {', '.join(OPTION_NAMES)}"
+            )
+    sample_key = _check_sample_key(value.get("sample_key"), f"{path}.metadata")
+    if sample_key and not sample:
+        raise invalid_request(
+            f"{path}.metadata.sample_key: applies only to pre_queue_random_sample,"
+            " which is not set; set pre_queue_random_sample or remove sample_key"
+        )
+    collect_failed = value.get("collect_failed_predictions", False)
+    if not isinstance(collect_failed, bool):
+        raise invalid_request(
+            f"{path}.metadata.collect_failed_predictions: expected true or false,"
+            f" got {collect_failed!r}"
+        )
+    return {"sample_key": sample_key, "collect_failed_predictions": collect_failed}
+
+
+def _check_sample_key(value: Any, path: str) -> str:
+    """Return a dotted metadata path, or "" when `value` is absent or empty."""
+    if value is None or value == "":
+        return ""
+    field = f"{path}.sample_key"
+    if not isinstance(value, str):
+        raise invalid_request(
+            f"{field}: expected a dotted metadata path such as camera.id, got {value!r}"
+        )
+    if len(value) > MAX_SAMPLE_KEY_LENGTH:
+        raise invalid_request(
+            f"{field}: longer than {MAX_SAMPLE_KEY_LENGTH} characters"
+        )
+    if any(not part or part != part.strip() for part in value.split(".")):
+        raise invalid_request(
+            f"{field}: invalid path {value!r}; use metadata keys joined by '.',"
+            " without empty parts or surrounding spaces, such as camera.id"
+        )
+    return value
+
+
+def _options_to_api(record: CollectorRecord) -> dict[str, Any]:
+    return {name: getattr(record, name) for name in OPTION_NAMES}
 
 
 def _optional_id(value: Any, path: str, stage: str) -> str:
@@ -355,7 +471,60 @@ def _to_api(ctx: RpcContext, record: CollectorRecord) -> dict[str, Any]:
             key = ctx.services.secret_box.decrypt(record.post_inputs_key_encrypted)
         except ValueError as error:
             raise ApiError(FAILURE, f"collector {record.id!r}: {error}") from error
-    return record.to_api(post_inputs_key=key)
+    return {
+        **record.to_api(post_inputs_key=key),
+        "metadata": _options_to_api(record),
+    }
+
+
+# --- revisions ------------------------------------------------------------------
+
+
+async def _has_history(ctx: RpcContext, collector_id: str) -> bool:
+    """Return whether the collector exists or has revisions (on any page)."""
+    if await ctx.store.list_revisions(ctx.user_id, ctx.app_id, collector_id, 1, 1):
+        return True
+    record = await ctx.store.get_collector(ctx.user_id, ctx.app_id, collector_id)
+    return record is not None
+
+
+def _revision_to_api(entry: dict[str, Any]) -> dict[str, Any]:
+    """Convert a stored revision to its API form, with the API's field paths.
+
+    The store records the post-inputs key only as "(hidden)" and "(changed)".
+    Encrypted fields are dropped here too, so no form of a key is ever returned.
+    """
+    changes = {}
+    for name, change in (entry.get("changes") or {}).items():
+        if name in ("user_id", "app_id") or name.endswith("_encrypted"):
+            continue
+        if name == "post_inputs_key_id":
+            change = {"from": "(hidden)", "to": "(changed)"}
+        changes[_api_field_path(name)] = {
+            "from": change.get("from"),
+            "to": change.get("to"),
+        }
+    at = entry.get("at")
+    created_at = (
+        rfc3339(datetime.fromtimestamp(at, UTC)) if isinstance(at, int | float) else ""
+    )
+    return {
+        "action": entry.get("action", ""),
+        "actor": entry.get("actor", ""),
+        "created_at": created_at,
+        "changes": changes,
+    }
+
+
+def _api_field_path(record_field: str) -> str:
+    """Return the API path of a CollectorRecord field, such as `status.code`."""
+    if record_field in _SOURCE_FIELDS:
+        return f"{SOURCE}.{record_field}"
+    if record_field == "status_code":
+        return "status.code"
+    if record_field in OPTION_NAMES:
+        return f"metadata.{record_field}"
+    return record_field
 
 
 def _missing(ids: list[str]) -> ApiError:

@@ -1,8 +1,14 @@
-"""The gRPC binding: clarifai_grpc's V2 service, serving the RPCs in RPCS.
+"""The gRPC binding: clarifai_grpc's V2 service, serving the RPCs in RPCS, and this
+service's own `collectors.v1.Collectors`.
 
 Like Clarifai's API, every call returns a response message with gRPC status OK and
 the Clarifai status inside. RPCs this service does not implement return the gRPC
 status UNIMPLEMENTED.
+
+`collectors.v1.Collectors` (PreviewCollector, ListCollectorRevisions) has no .proto
+file: each request and response body is a JSON object in UTF-8, the same dicts as
+over REST, with `collector_id` and, for a personal access token, `user_app_id` in
+the request. Callers authenticate with the metadata `authorization: Key ...`.
 """
 
 from __future__ import annotations
@@ -12,13 +18,22 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+import orjson
 from clarifai_grpc.grpc.api import service_pb2_grpc
 from google.protobuf.json_format import ParseDict
 from google.protobuf.message import Message
 
 from app.api.context import Services
-from app.api.errors import FAILURE, ApiError
-from app.api.handlers import RPCS, Rpc, dispatch, error_reply, new_req_id
+from app.api.errors import CONN_BAD_REQUEST_FORMAT, FAILURE, ApiError
+from app.api.handlers import (
+    OWN_SERVICE_NAME,
+    RPCS,
+    SERVICE_NAME,
+    Rpc,
+    dispatch,
+    error_reply,
+    new_req_id,
+)
 from app.api.protojson import message_to_request
 
 logger = logging.getLogger(__name__)
@@ -28,32 +43,52 @@ Method = Callable[[Any, Message, grpc.aio.ServicerContext], Awaitable[Message]]
 
 def build_servicer(services: Services) -> service_pb2_grpc.V2Servicer:
     """Return a V2Servicer whose implemented RPCs dispatch to the handlers."""
-    methods = {name: _method(services, rpc) for name, rpc in RPCS.items()}
+    methods = {
+        name: _method(services, rpc)
+        for name, rpc in RPCS.items()
+        if rpc.service == SERVICE_NAME
+    }
     servicer_class = type("CollectorsServicer", (service_pb2_grpc.V2Servicer,), methods)
     servicer: service_pb2_grpc.V2Servicer = servicer_class()
     return servicer
 
 
+def build_own_service(services: Services) -> grpc.GenericRpcHandler:
+    """Return the handler of `collectors.v1.Collectors`, whose bodies are JSON."""
+    handlers = {
+        name: grpc.unary_unary_rpc_method_handler(
+            _json_method(services, rpc),
+            request_deserializer=None,
+            response_serializer=orjson.dumps,
+        )
+        for name, rpc in RPCS.items()
+        if rpc.service == OWN_SERVICE_NAME
+    }
+    return grpc.method_handlers_generic_handler(OWN_SERVICE_NAME, handlers)
+
+
 def add_servicer(server: grpc.aio.Server, services: Services) -> None:
+    """Register both services on the server."""
     service_pb2_grpc.add_V2Servicer_to_server(build_servicer(services), server)
+    server.add_generic_rpc_handlers((build_own_service(services),))
+
+
+def _authorization(context: grpc.aio.ServicerContext) -> str | None:
+    metadata = {
+        key.lower(): value for key, value in context.invocation_metadata() or ()
+    }
+    authorization = metadata.get("authorization")
+    return authorization if isinstance(authorization, str) else None
 
 
 def _method(services: Services, rpc: Rpc) -> Method:
     async def method(
         self: Any, request: Message, context: grpc.aio.ServicerContext
     ) -> Message:
-        metadata = {
-            key.lower(): value for key, value in context.invocation_metadata() or ()
-        }
-        authorization = metadata.get("authorization")
         request_dict = message_to_request(request)
         user_app_id = request_dict.pop("user_app_id", None)
         reply = await dispatch(
-            services,
-            rpc,
-            authorization if isinstance(authorization, str) else None,
-            user_app_id,
-            request_dict,
+            services, rpc, _authorization(context), user_app_id, request_dict
         )
         return _to_message(rpc, reply.body)
 
@@ -61,9 +96,54 @@ def _method(services: Services, rpc: Rpc) -> Method:
     return method
 
 
-def _to_message(rpc: Rpc, body: dict[str, Any]) -> Message:
+def _json_method(
+    services: Services, rpc: Rpc
+) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[dict[str, Any]]]:
+    """Return the behaviour of one JSON RPC: it takes the raw request bytes, so
+    that a body that is not a JSON object gets a 11100 response, not a gRPC
+    error."""
+
+    async def method(
+        request: bytes, context: grpc.aio.ServicerContext
+    ) -> dict[str, Any]:
+        req_id = new_req_id()
+        try:
+            request_dict = _json_object(request)
+        except ApiError as error:
+            return error_reply(error, req_id).body
+        user_app_id = request_dict.pop("user_app_id", None)
+        reply = await dispatch(
+            services, rpc, _authorization(context), user_app_id, request_dict, req_id
+        )
+        return reply.body
+
+    method.__name__ = rpc.name
+    return method
+
+
+def _json_object(content: bytes) -> dict[str, Any]:
+    """Decode a JSON request body; an empty body is an empty object."""
+    if not content.strip():
+        return {}
     try:
-        return ParseDict(body, rpc.response_type(), ignore_unknown_fields=True)
+        value = orjson.loads(content)
+    except orjson.JSONDecodeError as error:
+        raise ApiError(
+            CONN_BAD_REQUEST_FORMAT, f"the request body is not valid JSON: {error}"
+        ) from error
+    if not isinstance(value, dict):
+        raise ApiError(
+            CONN_BAD_REQUEST_FORMAT,
+            f"the request body must be a JSON object, got {type(value).__name__}",
+        )
+    return value
+
+
+def _to_message(rpc: Rpc, body: dict[str, Any]) -> Message:
+    response_type = rpc.response_type
+    assert response_type is not None, f"{rpc.name} has no protobuf response type"
+    try:
+        return ParseDict(body, response_type(), ignore_unknown_fields=True)
     except Exception:
         req_id = body.get("status", {}).get("req_id") or new_req_id()
         logger.exception(
@@ -72,4 +152,4 @@ def _to_message(rpc: Rpc, body: dict[str, Any]) -> Message:
         reply = error_reply(
             ApiError(FAILURE, f"internal error; report req_id {req_id}"), req_id
         )
-        return ParseDict(reply.body, rpc.response_type(), ignore_unknown_fields=True)
+        return ParseDict(reply.body, response_type(), ignore_unknown_fields=True)

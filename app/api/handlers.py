@@ -4,7 +4,12 @@ REST (app/api/rest.py) and gRPC (app/api/grpc_service.py) both turn a request in
 a dict in Clarifai's JSON shape (see app/api/protojson.py) and call `dispatch`,
 which authenticates the caller, checks the RPC's scopes, runs the handler and
 returns the response dict with its `status`. The handlers live in collectors.py,
-inputs.py, workflows.py and relations.py.
+previews.py, inputs.py, workflows.py and relations.py.
+
+Most RPCs belong to Clarifai's service `clarifai.api.V2`. The RPCs that Clarifai
+never had (collector previews and revisions) belong to this service's own
+`collectors.v1.Collectors`, which has no protobuf types: its requests and
+responses are the JSON dicts themselves.
 """
 
 from __future__ import annotations
@@ -20,15 +25,22 @@ from clarifai_grpc.grpc.api.status import status_pb2
 from google.protobuf.message import Message
 from redis.exceptions import RedisError
 
-from app.api import collectors, inputs, relations, workflows
+from app.api import collectors, inputs, previews, relations, workflows
 from app.api.auth import authenticate, require_scopes
 from app.api.context import RpcContext, Services
-from app.api.errors import FAILURE, ApiError, error_status, success_status
+from app.api.errors import (
+    FAILURE,
+    ApiError,
+    error_status,
+    invalid_request,
+    success_status,
+)
 
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[RpcContext, dict[str, Any]], Awaitable[dict[str, Any]]]
 SERVICE_NAME = "clarifai.api.V2"
+OWN_SERVICE_NAME = "collectors.v1.Collectors"
 
 POST_COLLECTORS_SCOPES = (
     "Apps:Get",
@@ -46,17 +58,22 @@ POST_COLLECTORS_SCOPES = (
 
 @dataclass(frozen=True, slots=True)
 class Rpc:
-    """One RPC: its handler, the scopes its key needs, and its protobuf types."""
+    """One RPC: its handler, the scopes its key needs, and its protobuf types.
+
+    The RPCs of OWN_SERVICE_NAME have no protobuf types (None): their request is
+    the JSON object as sent, which the handler checks field by field.
+    """
 
     name: str
     handler: Handler
     scopes: tuple[str, ...]
-    request_type: type[Message]
-    response_type: type[Message]
+    request_type: type[Message] | None
+    response_type: type[Message] | None
+    service: str = SERVICE_NAME
 
     @property
     def full_name(self) -> str:
-        return f"/{SERVICE_NAME}/{self.name}"
+        return f"/{self.service}/{self.name}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +225,22 @@ RPCS: dict[str, Rpc] = {
             _BASE,
         ),
         _rpc("MyScopes", my_scopes, (), service_pb2.MultiScopeResponse),
+        Rpc(
+            "PreviewCollector",
+            previews.preview_collector,
+            _COLLECTOR_GET,
+            None,
+            None,
+            OWN_SERVICE_NAME,
+        ),
+        Rpc(
+            "ListCollectorRevisions",
+            collectors.list_collector_revisions,
+            _COLLECTOR_GET,
+            None,
+            None,
+            OWN_SERVICE_NAME,
+        ),
     )
 }
 
@@ -232,6 +265,7 @@ async def dispatch(
     """
     req_id = req_id or new_req_id()
     try:
+        _check_user_app_id(user_app_id)
         caller = await authenticate(services.store, authorization, user_app_id)
         require_scopes(caller, rpc.scopes)
         body = await rpc.handler(RpcContext(services, caller, req_id), request)
@@ -253,3 +287,25 @@ async def dispatch(
     status = success_status(req_id)
     status.update(body.pop("status", {}))
     return Reply(200, {"status": status, **body})
+
+
+def _check_user_app_id(user_app_id: Any) -> None:
+    """Raise 11102 unless `user_app_id` is absent or an object of id strings.
+
+    A protobuf request always satisfies this; a JSON request of OWN_SERVICE_NAME
+    may carry any JSON value.
+    """
+    if user_app_id is None:
+        return
+    if not isinstance(user_app_id, dict):
+        raise invalid_request(
+            f"user_app_id: expected an object with user_id and app_id, got"
+            f" {user_app_id!r}"
+        )
+    for name, value in user_app_id.items():
+        if name not in ("user_id", "app_id"):
+            raise invalid_request(f"user_app_id.{name}: unknown field")
+        if not isinstance(value, str):
+            raise invalid_request(
+                f"user_app_id.{name}: expected a string, got {value!r}"
+            )

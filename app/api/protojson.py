@@ -11,11 +11,16 @@ gRPC an unset value is 0.0 because proto3 cannot tell the two apart.
 A REST body keeps its field presence: a field sent with an empty value stays in the
 dict, so PatchCollectors over REST can clear a field. gRPC carries no presence for
 scalars, so there an empty value is the same as an absent field.
+
+A REST body may also carry fields of this service's own that the message lacks,
+such as a collector's `metadata` (see `body_to_request`'s `extensions`). They pass
+through unchecked, and the handlers validate them.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -39,13 +44,22 @@ def message_to_request(message: Message) -> dict[str, Any]:
 
 
 def body_to_request(
-    body: dict[str, Any], message_type: type[Message]
+    body: dict[str, Any],
+    message_type: type[Message],
+    extensions: Sequence[tuple[str, str]] = (),
 ) -> dict[str, Any]:
     """Check a REST JSON body against the request message and convert it.
 
+    `extensions` lists (repeated field, item field) pairs, such as ("collectors",
+    "metadata"): the item field is taken out of each item of the repeated field
+    before the check and put back into the same item afterwards, as it was sent.
     Raises ApiError 11102 naming the field when a value has the wrong type or a
     field does not exist.
     """
+    extension_values = [
+        (list_name, item_name, _take_item_field(body, list_name, item_name))
+        for list_name, item_name in extensions
+    ]
     _default_concept_values(body, message_type.DESCRIPTOR)
     try:
         message = ParseDict(body, message_type(), ignore_unknown_fields=False)
@@ -67,7 +81,26 @@ def body_to_request(
         always_print_fields_with_no_presence=True,
     )
     request: dict[str, Any] = _whole_numbers_as_ints(_keep_presence(sparse, full, body))
+    for list_name, item_name, values in extension_values:
+        items = request.get(list_name) or []
+        for index, value in values.items():
+            items[index][item_name] = value
     return request
+
+
+def _take_item_field(
+    body: dict[str, Any], list_name: str, item_name: str
+) -> dict[int, Any]:
+    """Remove `item_name` from each object in `body[list_name]` and return the
+    removed values by item index."""
+    items = body.get(list_name)
+    if not isinstance(items, list):
+        return {}
+    return {
+        index: item.pop(item_name)
+        for index, item in enumerate(items)
+        if isinstance(item, dict) and item_name in item
+    }
 
 
 def describe_parse_error(error: ParseError) -> str:

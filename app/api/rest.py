@@ -5,6 +5,9 @@ for most, the short `/v2/...` form that relies on an app key. GET parameters com
 from the query string; other methods take a JSON body (DELETE too). Every error,
 from an unknown path to an unexpected exception, is a JSON body with a Clarifai
 `status`.
+
+The collector preview and revision routes serve this service's own RPCs (see
+app/api/handlers.py), whose JSON bodies go to the handlers unchanged.
 """
 
 from __future__ import annotations
@@ -49,7 +52,8 @@ class Binding:
 
     The RPC is served on `path` after each of `prefixes`. `query` lists the GET
     parameters, and `body_only` the REST body fields that the protobuf request
-    lacks.
+    lacks. `extensions` lists (repeated field, item field) pairs of fields that
+    the protobuf items lack, passed to the handler unchecked.
     """
 
     rpc: str
@@ -58,15 +62,26 @@ class Binding:
     prefixes: tuple[str, ...] = (APP_PREFIX, SHORT_PREFIX)
     query: tuple[str, ...] = ()
     body_only: tuple[str, ...] = ()
+    extensions: tuple[tuple[str, str], ...] = ()
 
 
 _PAGING = ("page", "per_page")
+# A collector's own options (sample_key, collect_failed_predictions), which
+# Clarifai's Collector message has no field for.
+_COLLECTOR_OPTIONS = (("collectors", "metadata"),)
 BINDINGS = (
-    Binding("PostCollectors", "POST", "/collectors"),
+    Binding("PostCollectors", "POST", "/collectors", extensions=_COLLECTOR_OPTIONS),
     Binding("GetCollector", "GET", "/collectors/{collector_id}"),
     Binding("ListCollectors", "GET", "/collectors", query=_PAGING),
-    Binding("PatchCollectors", "PATCH", "/collectors"),
+    Binding("PatchCollectors", "PATCH", "/collectors", extensions=_COLLECTOR_OPTIONS),
     Binding("DeleteCollectors", "DELETE", "/collectors"),
+    Binding("PreviewCollector", "POST", "/collectors/{collector_id}/preview"),
+    Binding(
+        "ListCollectorRevisions",
+        "GET",
+        "/collectors/{collector_id}/revisions",
+        query=_PAGING,
+    ),
     Binding("PostInputs", "POST", "/inputs"),
     Binding("ListInputs", "GET", "/inputs", query=_PAGING),
     Binding("GetInput", "GET", "/inputs/{input_id}"),
@@ -219,7 +234,10 @@ def _endpoint(
 async def _request_dict(
     request: Request, binding: Binding, request_type: Any
 ) -> dict[str, Any]:
-    """Read the request's parameters: the query string for GET, else the JSON body."""
+    """Read the request's parameters: the query string for GET, else the JSON body.
+
+    Without a protobuf `request_type` the JSON body is returned as it is.
+    """
     if binding.method == "GET":
         return {
             name: request.query_params[name]
@@ -227,13 +245,15 @@ async def _request_dict(
             if name in request.query_params
         }
     raw = await _read_json(request)
+    if request_type is None:
+        return raw
     extra = {name: raw.pop(name) for name in binding.body_only if name in raw}
     for name, value in extra.items():
         if not isinstance(value, bool):
             raise ApiError(
                 CONN_INVALID_REQUEST, f"{name}: expected true or false, got {value!r}"
             )
-    return {**body_to_request(raw, request_type), **extra}
+    return {**body_to_request(raw, request_type, binding.extensions), **extra}
 
 
 async def _read_json(request: Request) -> dict[str, Any]:

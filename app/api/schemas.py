@@ -2,12 +2,15 @@
 
 They document Clarifai's JSON shapes for the fields this service uses. Requests are
 checked against the protobuf request messages (app/api/protojson.py), not against
-these models, so the two must list the same fields.
+these models, so the two must list the same fields. The exceptions are this
+service's own: a collector's `metadata` object, and the requests of the preview and
+revision routes, which their handlers check.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -82,6 +85,23 @@ class CollectorSourceSchema(_Schema):
     api_post_model_outputs_collector_source: ModelOutputsSourceSchema | None = None
 
 
+class CollectorOptionsSchema(_Schema):
+    """Options of this service that Clarifai's Collector has no fields for."""
+
+    sample_key: str = Field(
+        "",
+        max_length=256,
+        description="Dotted path into the input's metadata, such as camera.id."
+        " pre_queue_random_sample then keeps or drops all inputs with the same"
+        " value together. Needs pre_queue_random_sample; empty means unset.",
+    )
+    collect_failed_predictions: bool = Field(
+        False,
+        description="Also collect inputs whose prediction failed (output status"
+        " not 10000); only the random sample applies to them.",
+    )
+
+
 class CollectorSchema(_Schema):
     id: str = ""
     description: str = ""
@@ -96,6 +116,11 @@ class CollectorSchema(_Schema):
         None, description="52001 COLLECTOR_ACTIVE or 52002 COLLECTOR_INACTIVE."
     )
     collect_outputs: bool = False
+    metadata: CollectorOptionsSchema | None = Field(
+        None,
+        description="This service's own options; Clarifai's clients ignore them."
+        " In PatchCollectors a given object replaces all the options.",
+    )
 
 
 class ModelVersionSchema(_Schema):
@@ -232,6 +257,27 @@ class DeleteConceptRelationsRequest(_Request):
     ids: list[str] = Field(default_factory=list)
 
 
+class PreviewCollectorRequest(_Request):
+    last_n: int | None = Field(
+        None,
+        ge=1,
+        le=100_000,
+        description="Replay the newest N events of the input topic (default 1000)."
+        " Not with start_time.",
+    )
+    start_time: datetime | None = Field(
+        None, description="RFC 3339; replay the events from this time on."
+    )
+    end_time: datetime | None = Field(
+        None,
+        description="RFC 3339, after start_time; replay the events before this"
+        " time. Default: up to the newest event.",
+    )
+    examples: int | None = Field(
+        None, ge=0, le=50, description="How many inputs to show (default 5)."
+    )
+
+
 class EmptyRequest(_Request):
     pass
 
@@ -276,6 +322,71 @@ class MultiConceptRelationResponse(BaseResponse):
     concept_relations: list[ConceptRelationSchema] = Field(default_factory=list)
 
 
+class PreviewExampleSchema(_Schema):
+    id: str = Field("", description="The input's id at the destination.")
+    event_id: str = ""
+    input: dict[str, Any] = Field(
+        default_factory=dict, description="The input as the event carries it."
+    )
+
+
+class PreviewSchema(_Schema):
+    events: int = Field(0, description="Events read from the input topic.")
+    outputs: int = Field(0, description="Outputs in those events.")
+    invalid: int = Field(
+        0, description="Events and outputs the worker would dead-letter."
+    )
+    matched: int = Field(0, description="Outputs of the collector's model.")
+    dropped_random_sample: int = 0
+    dropped_pre_queue: int = 0
+    enqueued: int = 0
+    dropped_post_queue: int = 0
+    model_failed: int = Field(0, description="Inputs whose remote model call failed.")
+    would_post: int = 0
+    quota_and_dedupe_not_applied: list[str] = Field(
+        default_factory=list,
+        description="Ids of quota and dedupe nodes, which a preview does not apply.",
+    )
+    examples: list[PreviewExampleSchema] = Field(default_factory=list)
+    broken_reason: str = Field(
+        "",
+        description="Set when the collector names a workflow that does not exist"
+        " or does not compile; such a collector collects nothing.",
+    )
+
+
+class PreviewCollectorResponse(BaseResponse):
+    preview: PreviewSchema | None = None
+
+
+class RevisionChangeSchema(_Schema):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    from_value: Any = Field(None, alias="from")
+    to_value: Any = Field(None, alias="to")
+
+
+class RevisionSchema(_Schema):
+    action: Literal["create", "update", "delete"] = "update"
+    actor: str = Field(
+        "",
+        description="Who made the change: the user, the kind of key and the start"
+        " of the key's SHA-256 digest.",
+    )
+    created_at: str = Field("", description="When the change was made, RFC 3339.")
+    changes: dict[str, RevisionChangeSchema] = Field(
+        default_factory=dict,
+        description="Changed fields by API path, such as status.code. A"
+        " post-inputs key shows only as (hidden) and (changed).",
+    )
+
+
+class ListCollectorRevisionsResponse(BaseResponse):
+    revisions: list[RevisionSchema] = Field(
+        default_factory=list, description="Newest first."
+    )
+
+
 class MultiScopeResponse(BaseResponse):
     scopes: list[str] = Field(default_factory=list)
     app: AppSchema | None = None
@@ -296,6 +407,7 @@ REQUEST_SCHEMAS: dict[str, type[BaseModel]] = {
     "PostWorkflowResults": PostWorkflowResultsRequest,
     "PostConceptRelations": PostConceptRelationsRequest,
     "DeleteConceptRelations": DeleteConceptRelationsRequest,
+    "PreviewCollector": PreviewCollectorRequest,
 }
 
 RESPONSE_SCHEMAS: dict[str, type[BaseModel]] = {
@@ -320,4 +432,6 @@ RESPONSE_SCHEMAS: dict[str, type[BaseModel]] = {
     "ListConceptRelations": MultiConceptRelationResponse,
     "DeleteConceptRelations": BaseResponse,
     "MyScopes": MultiScopeResponse,
+    "PreviewCollector": PreviewCollectorResponse,
+    "ListCollectorRevisions": ListCollectorRevisionsResponse,
 }
