@@ -39,12 +39,20 @@ from agents.dead_letters import DeadLetterWriter
 from agents.delivery import Deliverer, FailedDelivery
 from agents.routing import Router, RouteResult
 from agents.stats import WorkerStats
+from agents.stats_flush import install_worker_observability
 from app.config_cache import ConfigCache
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 RETRY_DELAYS_S = (0.5, 1.0, 2.0, 5.0)
+# Max bytes fetched per partition in one fetch request. The consumer buffers up to
+# this much for every assigned partition (input, queue and retry topics), so the
+# 24 MiB message limit as fetch size lets a worker that catches up on a backlog hold
+# hundreds of MiB of records. A record batch larger than the fetch size still
+# arrives whole when it is the first of its partition in the response (KIP-74,
+# Kafka 0.10.1 and later), so events up to the message limit still pass.
+PARTITION_FETCH_BYTES = 1024 * 1024
 
 
 def create_app(
@@ -62,7 +70,7 @@ def create_app(
         topic_allow_declare=False,
         topic_disable_leader=True,
         consumer_auto_offset_reset="earliest",
-        consumer_max_fetch_size=settings.max_message_bytes,
+        consumer_max_fetch_size=PARTITION_FETCH_BYTES,
         producer_max_request_size=settings.max_message_bytes,
         producer_acks=-1,
         producer_linger=0.005,
@@ -249,11 +257,14 @@ def create_app(
     async def follow_configuration() -> None:
         await cache.run()
 
+    observability = install_worker_observability(app, settings, cache, stats)
+
     @app.timer(interval=settings.summary_interval_s)
     async def log_summary() -> None:
-        log_summary_line(stats)
+        log_summary_line(stats, await observability.lag.refresh())
 
     app.conf.collectors_stats = stats  # type: ignore[attr-defined]  # read by web views
+    app.conf.collectors_observability = observability  # read by web views
     return app
 
 
@@ -310,13 +321,14 @@ def _queue_payloads(
     return payloads
 
 
-def log_summary_line(stats: WorkerStats) -> None:
-    """Log the fixed-format INFO summary of the counters since the worker started."""
+def log_summary_line(stats: WorkerStats, lag: int) -> None:
+    """Log the fixed-format INFO summary of the counters since the worker started,
+    with the current lag of the partitions assigned to this worker."""
     totals = stats.totals
     funnel = stats.funnel_totals()
     logger.info(
         "summary events_in=%d outputs_in=%d matched=%d enqueued=%d posted=%d "
-        "already_present=%d failed=%d dead_lettered=%d",
+        "already_present=%d failed=%d dead_lettered=%d lag=%d",
         totals["events_in"],
         totals["outputs_in"],
         funnel["matched"],
@@ -327,4 +339,5 @@ def log_summary_line(stats: WorkerStats) -> None:
         totals["events_dead_lettered"]
         + totals["outputs_dead_lettered"]
         + funnel["dead_lettered"],
+        lag,
     )
