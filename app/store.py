@@ -73,6 +73,10 @@ class AlreadyExists(StoreError):
 
 def connect(url: str) -> redis.Redis:
     # RESP2: redis-py 8 over RESP3 can fail the first command after an idle period.
+    # The read timeout lets a worker notice a Redis that accepts connections but
+    # never replies (hung, or cut off without a reset), so it reports its
+    # configuration stale instead of waiting forever. redis-py 8 defaults to 5 s;
+    # older versions, which pyproject.toml also allows, have no timeout.
     return redis.Redis.from_url(
         url,
         protocol=2,
@@ -80,6 +84,7 @@ def connect(url: str) -> redis.Redis:
         health_check_interval=10,
         socket_keepalive=True,
         socket_connect_timeout=5,
+        socket_timeout=5,
         retry_on_timeout=True,
     )
 
