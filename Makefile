@@ -35,6 +35,11 @@ status:
 # The test set-up also starts the services it needs, but starting them here first keeps a
 # failed start out of the test report.
 test: install
+	@# The dashboard tests render the page in Debian's chromium; install it when
+	@# missing and apt-get is usable (they are skipped without it outside CI).
+	@command -v chromium >/dev/null || ! command -v apt-get >/dev/null || [ "$$(id -u)" != 0 ] \
+		|| (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+		|| echo "could not install chromium; the dashboard's browser tests will be skipped"
 	$(SERVICES) up
 	$(VENV_PYTHON) -m pytest $(PYTEST_ARGS)
 
@@ -42,12 +47,11 @@ demo: install
 	$(SERVICES) up
 	$(VENV_PYTHON) -m app.demo
 
+# The benchmark starts Kafka and Redis itself when they are not running, and stops
+# only what it started. BENCH_ARGS passes options, for example BENCH_ARGS=--quick.
+BENCH_ARGS ?=
 bench: install
-	@if [ -f bench/__main__.py ]; then \
-		$(SERVICES) up && $(VENV_PYTHON) -m bench; \
-	else \
-		echo "No benchmarks yet: bench/__main__.py does not exist."; \
-	fi
+	$(VENV_PYTHON) -m bench $(BENCH_ARGS)
 
 lint:
 	@if $(VENV_PYTHON) -m ruff --version >/dev/null 2>&1; then \
