@@ -28,12 +28,13 @@ import random
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
-from functools import partial
 from typing import Any
 
 import faust
 import orjson
+from aiokafka.errors import KafkaError
 from faust.types import EventT, StreamT
+from redis.exceptions import RedisError
 
 from agents.dead_letters import DeadLetterWriter
 from agents.delivery import Deliverer, FailedDelivery
@@ -45,7 +46,6 @@ from app.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-RETRY_DELAYS_S = (0.5, 1.0, 2.0, 5.0)
 # Max bytes fetched per partition in one fetch request. The consumer buffers up to
 # this much for every assigned partition (input, queue and retry topics), so the
 # 24 MiB message limit as fetch size lets a worker that catches up on a backlog hold
@@ -112,7 +112,7 @@ def create_app(
         async for events in stream.take_events(
             settings.route_batch_max, within=settings.batch_within_s
         ):
-            await _process_batch(stream, events, partial(_route_batch, events))
+            await _process_batch(stream, events, _route_batch, dead_letters)
 
     async def _route_batch(events: Sequence[EventT]) -> None:
         snapshot = cache.snapshot
@@ -139,7 +139,7 @@ def create_app(
         async for events in stream.take_events(
             settings.deliver_batch_max, within=settings.batch_within_s
         ):
-            await _process_batch(stream, events, partial(_deliver_batch, events))
+            await _process_batch(stream, events, _deliver_batch, dead_letters)
 
     async def _deliver_batch(events: Sequence[EventT]) -> None:
         batches: defaultdict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -207,7 +207,7 @@ def create_app(
     async def retry_deliveries(stream: StreamT[bytes]) -> None:
         await cache.wait_ready()
         async for events in stream.take_events(50, within=settings.batch_within_s):
-            await _process_batch(stream, events, partial(_retry_batch, events))
+            await _process_batch(stream, events, _retry_batch, dead_letters)
 
     async def _retry_batch(events: Sequence[EventT]) -> None:
         documents = []
@@ -268,38 +268,92 @@ def create_app(
     return app
 
 
+# Errors of the services the agents depend on. While they last, a batch is retried
+# without end: dead-lettering events because Kafka or Redis is down would be wrong.
+INFRASTRUCTURE_ERRORS = (KafkaError, RedisError, OSError, asyncio.TimeoutError)
+# Attempts at a batch that fails with any other error before its events are tried
+# one by one, to find the ones that cause it.
+ATTEMPTS_BEFORE_ISOLATING = 3
+
+
 async def _process_batch(
     stream: StreamT[bytes],
     events: Sequence[EventT],
-    process: Callable[[], Awaitable[None]],
+    process: Callable[[Sequence[EventT]], Awaitable[None]],
+    dead_letters: DeadLetterWriter,
 ) -> None:
-    """Run `process` until it succeeds, then release the batch's messages.
+    """Run `process` on the batch until its outcome is durable, then release the
+    batch's messages so that their offsets can be committed.
 
-    An unexpected error is retried with growing delays; an error that keeps
-    happening is re-raised after the last delay, which stops the agent without
-    committing the batch, so nothing is lost.
+    An error that is not an infrastructure error and keeps happening (a bug, or an
+    event that breaks it) makes each event run alone; an event that still fails is
+    dead-lettered with PROCESSING_FAILED, so one poison event stops nothing.
     """
     for event in events:
         event.message.incref()
-    for attempt, delay_s in enumerate((*RETRY_DELAYS_S, None), start=1):
+    await _run_until_durable(events, process, dead_letters)
+    for event in events:
+        await stream.ack(event)
+
+
+async def _run_until_durable(
+    events: Sequence[EventT],
+    process: Callable[[Sequence[EventT]], Awaitable[None]],
+    dead_letters: DeadLetterWriter,
+) -> None:
+    attempt = 0
+    while True:
+        attempt += 1
         try:
-            await process()
-            break
-        except Exception:
-            if delay_s is None:
-                logger.critical(
-                    "batch failed %d times; stopping the agent uncommitted", attempt
-                )
-                raise
-            logger.exception(
-                "batch of %d events failed (attempt %d); retrying in %.1f s",
+            await process(events)
+            return
+        except INFRASTRUCTURE_ERRORS as error:
+            delay_s = min(30.0, 0.5 * 2 ** min(attempt, 6))
+            logger.warning(
+                "batch of %d events failed on a dependency (attempt %d), retrying "
+                "in %.1f s: %r",
                 len(events),
                 attempt,
                 delay_s,
+                error,
             )
             await asyncio.sleep(delay_s)
-    for event in events:
-        await stream.ack(event)
+        except Exception as error:
+            if attempt < ATTEMPTS_BEFORE_ISOLATING:
+                logger.exception(
+                    "batch of %d events failed (attempt %d)", len(events), attempt
+                )
+                await asyncio.sleep(0.5 * attempt)
+                continue
+            if len(events) > 1:
+                for event in events:
+                    await _run_until_durable([event], process, dead_letters)
+                return
+            await _dead_letter_poison(events[0], error, dead_letters)
+            return
+
+
+async def _dead_letter_poison(
+    event: EventT, error: Exception, dead_letters: DeadLetterWriter
+) -> None:
+    message = event.message
+    reason = f"processing failed: {error!r}"
+    logger.error(
+        "dead-lettering the message at %s[%d]@%d: %s",
+        message.topic,
+        message.partition,
+        message.offset,
+        reason,
+    )
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            await (await dead_letters.send_raw(message, reason, "PROCESSING_FAILED"))
+            return
+        except INFRASTRUCTURE_ERRORS as send_error:
+            logger.warning("cannot write a dead letter yet: %r", send_error)
+            await asyncio.sleep(min(30.0, 0.5 * 2 ** min(attempt, 6)))
 
 
 def _queue_payloads(

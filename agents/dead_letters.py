@@ -2,7 +2,7 @@
 
 Headers (all UTF-8 text): `error` (the reason, naming the field when validation
 failed), `error_code` (INVALID_JSON, INVALID_EVENT, INVALID_OUTPUT, EMPTY_EVENT,
-EVENT_TOO_LARGE, INVALID_QUEUE_MESSAGE, INVALID_RETRY_MESSAGE,
+EVENT_TOO_LARGE, INVALID_QUEUE_MESSAGE, INVALID_RETRY_MESSAGE, PROCESSING_FAILED,
 COLLECTOR_MODEL_FAILED or
 COLLECTOR_POST_INPUT_FAILED),
 `source_topic`, `source_partition`, `source_offset`, `attempts`,

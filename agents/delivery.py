@@ -145,6 +145,10 @@ class Deliverer:
                 give_up_s=give_up_s,
             )
         except DeliveryError as error:
+            if error.http_status == 400 and len(inputs) > 1:
+                # One invalid input (bad base64, say) makes the destination reject
+                # the whole request; post one by one so that only it fails.
+                return await self._post_one_by_one(view, inputs, give_up_s)
             logger.warning("delivery for collector %s failed: %s", view.key, error)
             funnel["failed"] += len(inputs)
             return FailedDelivery(
@@ -154,6 +158,27 @@ class Deliverer:
         funnel["already_present"] += result.already_present
         self.stats.destination_latency_s.append(result.latency_s)
         return None
+
+    async def _post_one_by_one(
+        self, view: CollectorView, inputs: list[dict[str, Any]], give_up_s: float
+    ) -> FailedDelivery | None:
+        """Post inputs singly; return one failure holding every input that failed
+        (retriable only when all of its inputs failed in a way that may pass)."""
+        failed: list[dict[str, Any]] = []
+        reasons: list[str] = []
+        retriable = True
+        attempts = 0
+        for single in inputs:
+            failure = await self.post(view, [single], give_up_s)
+            if failure is not None:
+                failed.extend(failure.items)
+                reasons.append(failure.reason)
+                retriable = retriable and failure.retriable
+                attempts = max(attempts, failure.attempts)
+        if not failed:
+            return None
+        reason = f"{len(failed)} of {len(inputs)} inputs failed; first: {reasons[0]}"
+        return FailedDelivery(view.key, failed, reason, attempts, retriable=retriable)
 
     async def passes_workflows(self, view: CollectorView, item: dict[str, Any]) -> bool:
         input_document = item["input"]
@@ -223,7 +248,7 @@ def destination_input(item: Mapping[str, Any], collect_outputs: bool) -> dict[st
     if collect_outputs:
         concepts = (item.get("output_data") or {}).get("concepts") or []
         data["concepts"] = [
-            {"id": c["id"], "name": c.get("name", ""), "value": c.get("value", 1.0)}
+            {"id": c["id"], "name": c.get("name", ""), "value": c.get("value", 0.0)}
             for c in concepts
         ]
     return {"id": item["id"], "data": data}

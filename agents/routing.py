@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from pydantic import ValidationError
@@ -25,11 +25,11 @@ from app.config_cache import CollectorView, ConfigSnapshot
 from app.models import (
     SUCCESS,
     PredictionEvent,
-    PredictionOutput,
     describe_validation_error,
+    output_fields,
 )
 from rules.context import EvalContext
-from rules.sampling import keep_random_sample
+from rules.sampling import fraction_from_digest
 from rules.uncertainty import metadata_value, sticky_fraction
 
 
@@ -59,6 +59,15 @@ class RouteResult:
     dead_letters: list[DeadLetter] = field(default_factory=list)
 
 
+class _Candidate(NamedTuple):
+    """A valid output whose model some collector watches."""
+
+    output: dict[str, Any]
+    input_id: str
+    version_id: str
+    failed: bool
+
+
 class Router:
     """Applies stage one to events, with the configuration snapshot of the moment."""
 
@@ -69,7 +78,12 @@ class Router:
     def route(
         self, value: bytes | None, snapshot: ConfigSnapshot, result: RouteResult
     ) -> None:
-        """Route one raw event into `result`."""
+        """Route one raw event into `result`.
+
+        Outputs are grouped by model first, so that what depends only on the
+        collector and the event (its state, its caller rule) is checked once per
+        collector and event rather than once per output.
+        """
         totals = self.stats.totals
         totals["events_in"] += 1
         event = self._decode(value, result)
@@ -77,11 +91,24 @@ class Router:
             totals["events_dead_lettered"] += 1
             return
 
+        candidates_by_source = self._check_outputs(event, snapshot, result)
         caller_user_id = event.caller.user_id
+        for source, candidates in candidates_by_source.items():
+            for view in snapshot.by_source[source]:
+                if _caller_matches(view, caller_user_id):
+                    self._sample(view, event, candidates, result)
+
+    def _check_outputs(
+        self, event: PredictionEvent, snapshot: ConfigSnapshot, result: RouteResult
+    ) -> dict[str, list[_Candidate]]:
+        """Validate every output, dead-letter the invalid ones, count the ones no
+        collector watches, and return the others grouped by model source key."""
+        totals = self.stats.totals
+        totals["outputs_in"] += len(event.outputs)
+        candidates_by_source: dict[str, list[_Candidate]] = {}
         for index, output in enumerate(event.outputs):
-            totals["outputs_in"] += 1
             try:
-                checked = PredictionOutput.model_validate(output)
+                fields = output_fields(output)
             except ValidationError as error:
                 reason = describe_validation_error(error, prefix=f"outputs.{index}")
                 result.dead_letters.append(
@@ -89,23 +116,13 @@ class Router:
                 )
                 totals["outputs_dead_lettered"] += 1
                 continue
-            failed = checked.status.code != SUCCESS
-            model = checked.model
-            collectors = snapshot.by_source.get(
-                f"{model.user_id}/{model.app_id}/{model.id}"
-            )
-            if not collectors:
+            failed = fields.status_code != SUCCESS
+            if not snapshot.by_source.get(fields.source_key):
                 totals["outputs_skipped_status" if failed else "outputs_unwatched"] += 1
                 continue
-            version_id = model.model_version.id if model.model_version else ""
-            for view in collectors:
-                if failed and not view.record.collect_failed_predictions:
-                    continue
-                if not _source_matches(view, version_id, caller_user_id):
-                    continue
-                item = self._sample(view, event, output, checked.input.id, failed)
-                if item is not None:
-                    result.batches[view.key].append(item)
+            candidate = _Candidate(output, fields.input_id, fields.version_id, failed)
+            candidates_by_source.setdefault(fields.source_key, []).append(candidate)
+        return candidates_by_source
 
     def _decode(
         self, value: bytes | None, result: RouteResult
@@ -148,61 +165,100 @@ class Router:
         self,
         view: CollectorView,
         event: PredictionEvent,
-        output: dict[str, Any],
-        input_id: str,
-        failed: bool = False,
-    ) -> dict[str, Any] | None:
-        """Apply the random sample and the pre-queue workflow; return the queue item
-        when the input survives. A failed prediction has no output for the pre-queue
-        workflow to judge, so only the random sample applies to it."""
-        funnel = self.stats.funnel[view.key]
-        funnel["matched"] += 1
+        candidates: list[_Candidate],
+        result: RouteResult,
+    ) -> None:
+        """Apply the random sample and the pre-queue workflow of one collector to
+        the event's outputs of its model, and add the survivors to `result`.
+
+        A failed prediction has no output for the pre-queue workflow to judge, so
+        only the random sample applies to it. Funnel counts are added once per
+        collector and event.
+        """
         record = view.record
+        version_id = record.model_version_id
+        collect_failed = record.collect_failed_predictions
+        matched = [
+            candidate
+            for candidate in candidates
+            if (collect_failed or not candidate.failed)
+            and (not version_id or candidate.version_id == version_id)
+        ]
+        if not matched:
+            return
+        funnel = self.stats.funnel[view.key]
+        funnel["matched"] += len(matched)
         if view.broken_reason:
-            funnel["dropped_pre_queue"] += 1
-            return None
+            funnel["dropped_pre_queue"] += len(matched)
+            return
+
         fraction = record.pre_queue_random_sample
-        if fraction > 0.0 and not _keep_sample(
-            view, output["input"], input_id, fraction
-        ):
-            funnel["dropped_random_sample"] += 1
-            return None
-
-        deferred = view.pre_queue_is_remote and not failed
-        if view.pre_queue is not None and not deferred and not failed:
-            context = EvalContext(
-                input=output["input"],
-                seed_key=f"{view.key}/{input_id}",
-                relations=view.relations,
-                collector_key=view.key,
+        by_input_id = not record.sample_key
+        # By input id, a fraction of 1 keeps every input (sample fractions are
+        # below 1), so the hashing is skipped.
+        samples = fraction > 0.0 and (fraction < 1.0 or not by_input_id)
+        seed_prefix = view.key + "/"
+        workflow = view.pre_queue
+        remote = view.pre_queue_is_remote
+        items: list[dict[str, Any]] = []
+        dropped_sample = dropped_pre_queue = 0
+        for candidate in matched:
+            output = candidate.output
+            if samples:
+                if by_input_id:
+                    # keep_random_sample(view.key, input_id, fraction), inlined
+                    # because it runs for every collector and output.
+                    seed = (seed_prefix + candidate.input_id).encode()
+                    digest = hashlib.sha256(seed).digest()
+                    in_sample = fraction_from_digest(digest) < fraction
+                else:
+                    in_sample = _keep_sticky_sample(view, output["input"], fraction)
+                if not in_sample:
+                    dropped_sample += 1
+                    continue
+            deferred = remote and not candidate.failed
+            if workflow is not None and not deferred and not candidate.failed:
+                context = EvalContext(
+                    input=output["input"],
+                    seed_key=f"{view.key}/{candidate.input_id}",
+                    relations=view.relations,
+                    collector_key=view.key,
+                )
+                if not workflow.run(output.get("data") or {}, context).passed:
+                    dropped_pre_queue += 1
+                    continue
+            items.append(
+                queue_item(
+                    view, event, output, candidate.input_id, pre_queue_pending=deferred
+                )
             )
-            outcome = view.pre_queue.run(output.get("data") or {}, context)
-            if not outcome.passed:
-                funnel["dropped_pre_queue"] += 1
-                return None
-        funnel["enqueued"] += 1
-        return queue_item(view, event, output, input_id, pre_queue_pending=deferred)
+
+        # Only steps that happened are counted, as adding 0 would create the key.
+        if dropped_sample:
+            funnel["dropped_random_sample"] += dropped_sample
+        if dropped_pre_queue:
+            funnel["dropped_pre_queue"] += dropped_pre_queue
+        if items:
+            funnel["enqueued"] += len(items)
+            result.batches[view.key].extend(items)
 
 
-def _keep_sample(
-    view: CollectorView, input_document: dict[str, Any], input_id: str, fraction: float
+def _keep_sticky_sample(
+    view: CollectorView, input_document: dict[str, Any], fraction: float
 ) -> bool:
-    """Apply the collector's random sample: by input id, or by the value at its
-    `sample_key` metadata path so that inputs sharing the value stay together."""
-    sample_key = view.record.sample_key
-    if not sample_key:
-        return keep_random_sample(view.key, input_id, fraction)
-    value = metadata_value(input_document, sample_key)
+    """Apply the collector's random sample by the value at its `sample_key`
+    metadata path, so that inputs sharing the value stay together."""
+    value = metadata_value(input_document, view.record.sample_key)
     if value is None:
         return False
     return sticky_fraction(view.key, value) < fraction
 
 
-def _source_matches(view: CollectorView, version_id: str, caller_user_id: str) -> bool:
+def _caller_matches(view: CollectorView, caller_user_id: str) -> bool:
+    """Return whether an active collector takes this caller's predictions (the
+    model version is checked per output)."""
     record = view.record
     if not record.active:
-        return False
-    if record.model_version_id and record.model_version_id != version_id:
         return False
     if record.model_user_id != record.user_id:
         # Someone else's model (a public one too): only the owner's own calls count.

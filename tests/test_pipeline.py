@@ -70,7 +70,9 @@ def worker_setup(tmp_path: Path, redis_url: str, unique_name: str):  # type: ign
         worker.stop()
 
 
-async def publish(environment: dict[str, str], messages: list[tuple[bytes | None, bytes | None]]) -> None:
+async def publish(
+    environment: dict[str, str], messages: list[tuple[bytes | None, bytes | None]]
+) -> None:
     settings = settings_for(environment)
     async with EventPublisher(settings) as publisher:
         await publisher.publish_many_raw(messages)
@@ -81,7 +83,9 @@ async def wait_caught_up(environment: dict[str, str], worker: WorkerProcess) -> 
     topics = [environment["COLLECTORS_INPUT_TOPIC"], f"{group}-queue"]
 
     async def caught_up() -> bool:
-        assert worker.process is not None and worker.process.poll() is None, worker.log_text()[-3000:]
+        assert worker.process is not None and worker.process.poll() is None, (
+            worker.log_text()[-3000:]
+        )
         return await group_caught_up(KAFKA, group, topics)
 
     await wait_for(caught_up, "the worker to commit every offset")
@@ -93,27 +97,57 @@ async def test_pipeline_collects_expected_inputs(worker_setup, redis_url: str) -
     await store.create_workflows(OWNER, APP, [thresholder_workflow("uncertain")])
     await store.close()
     sampled = await put_collector(
-        redis_url, user_id=OWNER, app_id=APP, id="half", model_user_id=MODEL[0],
-        model_app_id=MODEL[1], model_id=MODEL[2], pre_queue_random_sample=0.5,
+        redis_url,
+        user_id=OWNER,
+        app_id=APP,
+        id="half",
+        model_user_id=MODEL[0],
+        model_app_id=MODEL[1],
+        model_id=MODEL[2],
+        pre_queue_random_sample=0.5,
     )
     uncertain = await put_collector(
-        redis_url, user_id=OWNER, app_id=APP, id="uncertain", model_user_id=MODEL[0],
-        model_app_id=MODEL[1], model_id=MODEL[2], pre_queue_workflow_id="uncertain",
+        redis_url,
+        user_id=OWNER,
+        app_id=APP,
+        id="uncertain",
+        model_user_id=MODEL[0],
+        model_app_id=MODEL[1],
+        model_id=MODEL[2],
+        pre_queue_workflow_id="uncertain",
         collect_outputs=True,
     )
     caller_only = await put_collector(
-        redis_url, user_id=OWNER, app_id=APP, id="caller-2", model_user_id=MODEL[0],
-        model_app_id=MODEL[1], model_id=MODEL[2], pre_queue_random_sample=1.0,
+        redis_url,
+        user_id=OWNER,
+        app_id=APP,
+        id="caller-2",
+        model_user_id=MODEL[0],
+        model_app_id=MODEL[1],
+        model_id=MODEL[2],
+        pre_queue_random_sample=1.0,
         caller_user_id="caller-2",
     )
     versioned = await put_collector(
-        redis_url, user_id=OWNER, app_id=APP, id="version-2", model_user_id=MODEL[0],
-        model_app_id=MODEL[1], model_id=MODEL[2], model_version_id="v2",
+        redis_url,
+        user_id=OWNER,
+        app_id=APP,
+        id="version-2",
+        model_user_id=MODEL[0],
+        model_app_id=MODEL[1],
+        model_id=MODEL[2],
+        model_version_id="v2",
         pre_queue_random_sample=1.0,
     )
     await put_collector(
-        redis_url, user_id=OWNER, app_id=APP, id="paused", model_user_id=MODEL[0],
-        model_app_id=MODEL[1], model_id=MODEL[2], pre_queue_random_sample=1.0,
+        redis_url,
+        user_id=OWNER,
+        app_id=APP,
+        id="paused",
+        model_user_id=MODEL[0],
+        model_app_id=MODEL[1],
+        model_id=MODEL[2],
+        pre_queue_random_sample=1.0,
         status_code=COLLECTOR_INACTIVE,
     )
     worker.start()
@@ -127,7 +161,9 @@ async def test_pipeline_collects_expected_inputs(worker_setup, redis_url: str) -
         for index in range(1 + number % 4):
             input_id = f"in-{number}-{index}"
             top = (number * 7 + index * 13) % 100 / 100
-            outputs.append(output(input_id, MODEL, [("cat", top), ("dog", top / 2)], version))
+            outputs.append(
+                output(input_id, MODEL, [("cat", top), ("dog", top / 2)], version)
+            )
             if expected_sample(sampled.key, input_id, 0.5):
                 expected.add(expected_input_id(sampled.key, f"e{number}", input_id))
             if top < 0.6:
@@ -150,12 +186,16 @@ async def test_pipeline_collects_expected_inputs(worker_setup, redis_url: str) -
     assert max(destination.post_counts.values()) == 1
 
     one_uncertain = next(
-        item for item in received.values() if item["id"].startswith(tuple(expected))
-        and "concepts" in item["data"]
+        item
+        for item in received.values()
+        if item["id"].startswith(tuple(expected)) and "concepts" in item["data"]
     )
     assert {c["id"] for c in one_uncertain["data"]["concepts"]} == {"cat", "dog"}
     assert all(r["authorization"] == "Key dest-key" for r in destination.requests)
-    assert all(r["path"] == f"/v2/users/{OWNER}/apps/{APP}/inputs" for r in destination.requests)
+    assert all(
+        r["path"] == f"/v2/users/{OWNER}/apps/{APP}/inputs"
+        for r in destination.requests
+    )
 
 
 async def _async_true(value: bool) -> bool:
@@ -168,29 +208,44 @@ async def worker_alive_and(worker: WorkerProcess, value: bool) -> bool:
     return value
 
 
-async def test_pipeline_sees_collector_changes_while_running(worker_setup, redis_url: str) -> None:  # type: ignore[no-untyped-def]
+async def test_pipeline_sees_collector_changes_while_running(
+    worker_setup, redis_url: str
+) -> None:  # type: ignore[no-untyped-def]
     environment, destination, worker = worker_setup
     fields = dict(
-        user_id=OWNER, app_id=APP, id="switch", model_user_id=MODEL[0],
-        model_app_id=MODEL[1], model_id=MODEL[2], pre_queue_random_sample=1.0,
+        user_id=OWNER,
+        app_id=APP,
+        id="switch",
+        model_user_id=MODEL[0],
+        model_app_id=MODEL[1],
+        model_id=MODEL[2],
+        pre_queue_random_sample=1.0,
     )
     collector = await put_collector(redis_url, **fields)
     worker.start()
 
     await publish(environment, [(b"a", event("a", [output("first")]))])
-    await wait_for(lambda: worker_alive_and(worker, len(destination.snapshot()) == 1), "the first input")
+    await wait_for(
+        lambda: worker_alive_and(worker, len(destination.snapshot()) == 1),
+        "the first input",
+    )
 
     await put_collector(redis_url, **{**fields, "status_code": COLLECTOR_INACTIVE})
     await _wait_for_config(environment)
     await publish(environment, [(b"b", event("b", [output("while-paused")]))])
     await wait_caught_up(environment, worker)
-    assert set(destination.snapshot()) == {expected_input_id(collector.key, "a", "first")}
+    assert set(destination.snapshot()) == {
+        expected_input_id(collector.key, "a", "first")
+    }
 
     await put_collector(redis_url, **fields)
     await _wait_for_config(environment)
     await publish(environment, [(b"c", event("c", [output("resumed")]))])
     resumed = expected_input_id(collector.key, "c", "resumed")
-    await wait_for(lambda: worker_alive_and(worker, resumed in destination.snapshot()), "the resumed input")
+    await wait_for(
+        lambda: worker_alive_and(worker, resumed in destination.snapshot()),
+        "the resumed input",
+    )
 
     store = Store(connect(redis_url))
     await store.delete_collectors(OWNER, APP, ["switch"])
@@ -209,8 +264,14 @@ async def _wait_for_config(environment: dict[str, str]) -> None:
 async def test_pipeline_dead_letters_bad_events(worker_setup, redis_url: str) -> None:  # type: ignore[no-untyped-def]
     environment, destination, worker = worker_setup
     collector = await put_collector(
-        redis_url, user_id=OWNER, app_id=APP, id="all", model_user_id=MODEL[0],
-        model_app_id=MODEL[1], model_id=MODEL[2], pre_queue_random_sample=1.0,
+        redis_url,
+        user_id=OWNER,
+        app_id=APP,
+        id="all",
+        model_user_id=MODEL[0],
+        model_app_id=MODEL[1],
+        model_id=MODEL[2],
+        pre_queue_random_sample=1.0,
     )
     worker.start()
     bad_output = output("broken")
@@ -236,7 +297,9 @@ async def test_pipeline_dead_letters_bad_events(worker_setup, redis_url: str) ->
     dead = await read_topic(KAFKA, environment["COLLECTORS_DLQ_TOPIC"])
     by_key = {message.key: message for message in dead}
     assert set(by_key) == {b"k1", b"k2", b"k3", b"k4", b"k5", b"k6", b"k8"}
-    headers = {key: dict((n, v.decode()) for n, v in m.headers) for key, m in by_key.items()}
+    headers = {
+        key: dict((n, v.decode()) for n, v in m.headers) for key, m in by_key.items()
+    }
     assert headers[b"k1"]["error_code"] == "INVALID_JSON"
     assert headers[b"k2"]["error_code"] == "INVALID_EVENT"
     assert "outputs" in headers[b"k2"]["error"]
