@@ -31,6 +31,7 @@ from app.models import (
 from rules.context import EvalContext
 from rules.sampling import fraction_from_digest
 from rules.uncertainty import metadata_value, sticky_fraction
+from rules.workflow import WorkflowResult
 
 
 def destination_input_id(collector_key: str, event_id: str, input_id: str) -> str:
@@ -224,8 +225,10 @@ class Router:
                     relations=view.relations,
                     collector_key=view.key,
                 )
-                if not workflow.run(output.get("data") or {}, context).passed:
+                outcome = workflow.run(output.get("data") or {}, context)
+                if not outcome.passed:
                     dropped_pre_queue += 1
+                    self.stats.rule_drops[(view.key, _dropping_node(outcome))] += 1
                     continue
             items.append(
                 queue_item(
@@ -241,6 +244,15 @@ class Router:
         if items:
             funnel["enqueued"] += len(items)
             result.batches[view.key].extend(items)
+
+
+def _dropping_node(outcome: WorkflowResult) -> str:
+    """Return the first node, in topological order, whose output is empty: the rule
+    that dropped the input."""
+    for node_id, data in outcome.outputs.items():
+        if not any(data.values()):
+            return node_id
+    return ""
 
 
 def _keep_sticky_sample(
