@@ -285,9 +285,9 @@ async def _process_batch(
     """Run `process` on the batch until its outcome is durable, then release the
     batch's messages so that their offsets can be committed.
 
-    An error that is not an infrastructure error and keeps happening (a bug, or an
-    event that breaks it) makes each event run alone; an event that still fails is
-    dead-lettered with PROCESSING_FAILED, so one poison event stops nothing.
+    When another error keeps happening (a bug, or an event that breaks the code),
+    each event of the batch runs alone. An event that still fails is dead-lettered
+    with PROCESSING_FAILED, so one poison event stops nothing.
     """
     for event in events:
         event.message.incref()

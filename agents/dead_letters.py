@@ -1,4 +1,4 @@
-"""Writes dead letters: the original bytes plus headers that say what went wrong.
+"""Writes dead letters: the original bytes plus headers that describe the failure.
 
 Headers (all UTF-8 text): `error` (the reason, naming the field when validation
 failed), `error_code` (INVALID_JSON, INVALID_EVENT, INVALID_OUTPUT, EMPTY_EVENT,

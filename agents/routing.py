@@ -43,7 +43,7 @@ def destination_input_id(collector_key: str, event_id: str, input_id: str) -> st
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
-    """Why an event, or one output of it, cannot be processed."""
+    """The reason an event, or one output of it, cannot be processed."""
 
     reason: str
     code: str

@@ -243,7 +243,7 @@ class Workflow(BaseModel):
 
 
 class ApiKeyRecord(BaseModel):
-    """What Redis stores for a key, under the key's SHA-256 hash."""
+    """The record Redis keeps for an API key, under the key's SHA-256 hash."""
 
     model_config = ConfigDict(frozen=True)
 

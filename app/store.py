@@ -130,7 +130,12 @@ def _queue_revision(
         previous.post_inputs_key_encrypted != updated.post_inputs_key_encrypted
     ):
         changes["post_inputs_key_id"] = {"from": "(hidden)", "to": "(changed)"}
-    action = "create" if previous is None else "delete" if updated is None else "update"
+    if previous is None:
+        action = "create"
+    elif updated is None:
+        action = "delete"
+    else:
+        action = "update"
     entry = {
         "action": action,
         "actor": actor,
