@@ -1,0 +1,1 @@
+"""Benchmarks of the worker on real Kafka and Redis; run with `make bench`."""

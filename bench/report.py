@@ -1,0 +1,91 @@
+"""The printed table and the JSON file of a benchmark run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+MIB = 1024 * 1024
+LABEL_WIDTH = 52
+
+
+def _line(label: str, value: str) -> str:
+    return f"{label:<{LABEL_WIDTH}} {value:>14}"
+
+
+def table(result: dict[str, Any]) -> str:
+    """Format the summary and one row per stage-one run."""
+    runs = result["stage_one"]
+    main_run, two = runs[0], runs[1]
+    latency = result["latency"]
+    data_set = result["data_set"]
+    rss_mib = max(main_run["rss_peak_bytes"], latency["rss_peak_bytes"]) / MIB
+    offered = f"{latency['offered_predictions_per_s']:,.0f}/s"
+    lines = [
+        "",
+        f"data set: {data_set['events']:,} events, {data_set['predictions']:,} "
+        f"predictions, {data_set['partitions']} partitions",
+        "",
+        _line("measure", "value"),
+        _line(
+            "(a) raw consumer R, predictions/s",
+            f"{result['raw']['predictions_per_s']:,.0f}",
+        ),
+        _line(
+            "    Faust floor (decode only), predictions/s",
+            f"{result['faust_floor']['predictions_per_s']:,.0f}",
+        ),
+        _line(
+            "(b) stage one, 1 worker, predictions/s",
+            f"{main_run['predictions_per_s']:,.0f}",
+        ),
+        _line(
+            "    stage one, 2 workers, predictions/s",
+            f"{two['predictions_per_s']:,.0f}",
+        ),
+        _line(
+            "    speed-up from 1 to 2 workers", f"{result['speed_up_two_workers']:.2f}"
+        ),
+        _line(f"(c) latency p50 at {offered}, ms", f"{latency['p50_ms']:,.1f}"),
+        _line("    latency p99, ms", f"{latency['p99_ms']:,.1f}"),
+        _line("(d) worker peak RSS, MiB", f"{rss_mib:,.0f}"),
+        _line(
+            "(e) Redis commands per event (steady state)",
+            f"{main_run['redis_commands_per_event']:.3f}",
+        ),
+        _line(
+            "    Redis commands per second", f"{main_run['redis_commands_per_s']:,.0f}"
+        ),
+        "",
+        "stage one runs (survival: queue items per matched prediction)",
+        "collectors target workers    pred/s events/s survival RSS MiB Redis/ev "
+        "start s  cores used",
+    ]
+    lines.extend(_run_row(run) for run in runs)
+    lines.append("")
+    return "\n".join(lines)
+
+
+def _run_row(run: dict[str, Any]) -> str:
+    cores = " ".join(
+        f"{name}={value:.2f}" for name, value in sorted(run["cores_used"].items())
+    )
+    return (
+        f"{run['collectors']:>10,} {run['survival_target']:>6.0%} "
+        f"{run['workers']:>7} {run['predictions_per_s']:>9,.0f} "
+        f"{run['events_per_s']:>8,.0f} {run['survival']:>8.1%} "
+        f"{run['rss_peak_bytes'] / MIB:>7.0f} {run['redis_commands_per_event']:>8.3f} "
+        f"{run['start_up_s']:>7.1f}  {cores}"
+    )
+
+
+def save(result: dict[str, Any], directory: Path) -> Path:
+    """Write the result as `<UTC date and time>.json`, one file per run."""
+    directory.mkdir(parents=True, exist_ok=True)
+    stamp = result["date"].replace(":", "").replace("+0000", "Z")
+    suffix = "" if result["plan"] == "full" else f"-{result['plan']}"
+    path = directory / f"{stamp}{suffix}.json"
+    path.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
+    return path
