@@ -65,24 +65,27 @@ def fingerprint(item: dict[str, Any], by: str) -> str:
     """Return the dedupe fingerprint of a queue item's input.
 
     `url` uses the image, text, video or audio URL; `content` hashes the decoded
-    image bytes or the raw text. An input without what `by` asks for falls back to
-    the other kind, and to its input id when it has neither.
+    image bytes or the raw text. An input without the kind that `by` names falls
+    back to the other kind, and to its input id when it has neither.
     """
     data = item["input"].get("data") or {}
-    url = next(
-        (
-            (data.get(kind) or {}).get("url")
-            for kind in ("image", "text", "video", "audio")
-            if (data.get(kind) or {}).get("url")
-        ),
-        None,
-    )
+    url = _first_url(data)
     content = _content_hash(data)
-    if by == "url":
-        chosen = f"url:{url}" if url else (f"content:{content}" if content else None)
-    else:
-        chosen = f"content:{content}" if content else (f"url:{url}" if url else None)
-    return chosen or f"id:{item['input'].get('id', '')}"
+    candidates = [f"url:{url}" if url else "", f"content:{content}" if content else ""]
+    if by != "url":
+        candidates.reverse()
+    for candidate in candidates:
+        if candidate:
+            return candidate
+    return f"id:{item['input'].get('id', '')}"
+
+
+def _first_url(data: dict[str, Any]) -> str | None:
+    for kind in ("image", "text", "video", "audio"):
+        url = (data.get(kind) or {}).get("url")
+        if url:
+            return str(url)
+    return None
 
 
 def _content_hash(data: dict[str, Any]) -> str | None:
@@ -112,7 +115,7 @@ class StatefulGate:
         self, view: CollectorView, items: Sequence[dict[str, Any]]
     ) -> list[dict[str, Any]]:
         """Return the items that pass every rule, in order; Redis errors are retried
-        until Redis answers, because skipping a quota could exceed it."""
+        until Redis replies, because skipping a quota could exceed it."""
         if not view.stateful_rules:
             return list(items)
         for delay_s in (*REDIS_RETRY_DELAYS_S, None):

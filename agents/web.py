@@ -3,7 +3,7 @@
 `/healthz` (liveness) returns 503 when a partition of this worker has stalled:
 records waited for COLLECTORS_STALL_AFTER_S while its committed offset did not
 move. A stall while Kafka itself is unreachable does not count, so that an
-outage does not make every worker restart. `/readyz` answers 503 until the
+outage does not make every worker restart. `/readyz` returns 503 until the
 configuration is loaded and while Redis or Kafka cannot be reached. A 503 has a
 JSON body with the reason.
 """

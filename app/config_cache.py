@@ -3,7 +3,7 @@
 A worker loads every collector, the workflows they name and their apps' concept
 relations once, then follows the `col:changes` stream in Redis and reloads only what
 changed. Readers see an immutable `ConfigSnapshot` that is swapped as a whole, so the
-hot path makes no Redis round trip and never sees a half-applied change.
+hot path makes no Redis round trip and never reads a half-applied change.
 
 When Redis is unreachable the worker keeps the snapshot it has, reports itself stale
 and catches up (with a full reload) when Redis returns. A worker that never loaded a

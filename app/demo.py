@@ -322,7 +322,8 @@ def _api_url(settings: Settings) -> str:
 
 
 def _start_services(settings: Settings) -> bool:
-    """Run `scripts/services.sh up` unless Kafka and Redis answer; return whether
+    """Run `scripts/services.sh up` unless Kafka and Redis accept connections; return
+    whether
     it ran."""
     if _port_open(9092) and _port_open(6379):
         return False

@@ -3,7 +3,7 @@
 `POST {base}/v2/users/{user_id}/apps/{app_id}/inputs` with `Authorization: Key
 <post_inputs_key>`, at most 128 inputs a request. Connection errors, timeouts and
 HTTP 408, 425, 429 and 5xx are retried with exponential backoff and full jitter,
-honouring `Retry-After`, until `give_up_s` has passed. Other answers are final,
+honouring `Retry-After`, until `give_up_s` has passed. Other responses are final,
 except that inputs the destination already holds count as delivered: input ids are
 derived from the collector and the event, so a repeated POST changes nothing.
 """
@@ -33,7 +33,7 @@ MIXED_STATUS = 10010
 
 
 class DeliveryError(Exception):
-    """A POST /inputs failed; `retriable` says whether trying again may help."""
+    """A POST /inputs failed; `retriable` tells whether trying again may help."""
 
     def __init__(
         self,

@@ -96,8 +96,8 @@ def metadata_value(input_document: Any, path: str) -> Any:
 
 
 def sticky_fraction(collector_key: str, key_value: Any) -> float:
-    """The sampling fraction of a key value: `sample_fraction(f"{collector}/{value}")`,
-    with strings as they are and other JSON values in compact JSON."""
+    """Return `sample_fraction(f"{collector}/{value}")` for a key value, with
+    strings as they are and other JSON values in compact JSON."""
     if not isinstance(key_value, str):
         key_value = json.dumps(key_value, separators=(",", ":"), sort_keys=True)
     return sample_fraction(f"{collector_key}/{key_value}")

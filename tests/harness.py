@@ -69,7 +69,7 @@ class Destination:
     post_counts: Counter[str] = field(default_factory=Counter)
     requests: list[dict[str, Any]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
-    # When set, answers every POST with this HTTP status (to simulate an outage),
+    # When set, rejects every POST with this HTTP status (to simulate an outage),
     # or only the POSTs to the apps in `failing_apps` ("user/app") when that is set.
     fail_with: int | None = None
     failing_apps: set[str] = field(default_factory=set)
@@ -347,7 +347,7 @@ def output(
 @dataclass
 class ModelServer:
     """A PostModelOutputs endpoint: concept `keep` scores 0.9 for inputs whose id
-    ends in an even digit and 0.1 otherwise. `fail_with` makes it answer that HTTP
+    ends in an even digit and 0.1 otherwise. `fail_with` makes it return that HTTP
     status instead."""
 
     url: str = ""

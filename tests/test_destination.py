@@ -14,7 +14,7 @@ from app.destination import MAX_INPUTS_PER_REQUEST, DeliveryError, Destination
 
 
 class Script:
-    """Answers to give, in order: (HTTP status, JSON document, extra headers)."""
+    """Responses to send, in order: (HTTP status, JSON document, extra headers)."""
 
     def __init__(
         self, answers: list[tuple[int, dict[str, Any], dict[str, str]]]
