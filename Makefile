@@ -12,15 +12,43 @@ PYTEST_ARGS ?=
 # Written after a successful pip install, so that the install step reruns only when
 # pyproject.toml changes (the package is installed in editable mode).
 INSTALL_STAMP := $(VENV)/.install-stamp
+# Clarifai's Node.js and Java clients, which tests/test_api_guide_clients.py runs. Each
+# stamp is written after its install, which reruns when the lock file or pom changes.
+NODE_CLIENT := tests/clients/node
+NODE_CLIENT_STAMP := $(NODE_CLIENT)/node_modules/.install-stamp
+JAVA_CLIENT := tests/clients/java
+JAVA_CLIENT_STAMP := $(JAVA_CLIENT)/target/dependency/.install-stamp
 
-.PHONY: install up down status test demo bench lint clean-data
+.PHONY: install install-service install-services up down status test demo bench lint clean-data
 
-install: $(INSTALL_STAMP)
+# What the service itself needs (make demo, make bench), then the clients that only the
+# tests run.
+install: install-service $(NODE_CLIENT_STAMP) $(JAVA_CLIENT_STAMP)
+
+install-service: $(INSTALL_STAMP) install-services
+
+install-services:
 	$(SERVICES) install
 
 $(INSTALL_STAMP): pyproject.toml
 	test -x $(VENV_PYTHON) || $(PYTHON) -m venv $(VENV)
 	$(VENV_PYTHON) -m pip install -e '.[dev]'
+	touch $@
+
+# npm ci installs the exact versions in package-lock.json. The only install scripts in
+# that tree are the postinstall scripts of the two protobufjs copies, which prepare
+# protobufjs's command-line tool and are not needed here.
+$(NODE_CLIENT_STAMP): $(NODE_CLIENT)/package-lock.json $(NODE_CLIENT)/package.json
+	@command -v npm >/dev/null || { echo "npm not found: install Node.js 18 or newer with npm (Debian: apt-get install nodejs npm), then rerun make install" >&2; exit 1; }
+	cd $(NODE_CLIENT) && npm ci --ignore-scripts --no-audit --no-fund
+	touch $@
+
+# Copies the Java client and its dependencies into target/dependency, dropping the jars
+# of an earlier pom. The test compiles the example class with javac, so it needs a JDK.
+$(JAVA_CLIENT_STAMP): $(JAVA_CLIENT)/pom.xml | install-services
+	@command -v mvn >/dev/null || { echo "mvn not found: install Maven (Debian: apt-get install maven), then rerun make install" >&2; exit 1; }
+	rm -rf $(JAVA_CLIENT)/target/dependency
+	cd $(JAVA_CLIENT) && mvn -q -B -Dstyle.color=never dependency:copy-dependencies
 	touch $@
 
 up:
@@ -43,14 +71,14 @@ test: install
 	$(SERVICES) up
 	$(VENV_PYTHON) -m pytest $(PYTEST_ARGS)
 
-demo: install
+demo: install-service
 	$(SERVICES) up
 	$(VENV_PYTHON) -m app.demo
 
 # The benchmark starts Kafka and Redis itself when they are not running, and stops
 # only what it started. BENCH_ARGS passes options, for example BENCH_ARGS=--quick.
 BENCH_ARGS ?=
-bench: install
+bench: install-service
 	$(VENV_PYTHON) -m bench $(BENCH_ARGS)
 
 lint:
