@@ -20,7 +20,15 @@ MAX_ID = "a" * 48
 def rest_cases() -> list[Any]:
     """(method, path, body, key kind, code, HTTP status, description fragment)."""
     return [
-        ("GET", "/v2/collectors?per_page=" + "9" * 30, None, "key", 11102, 400, "per_page"),
+        (
+            "GET",
+            "/v2/collectors?per_page=" + "9" * 30,
+            None,
+            "key",
+            11102,
+            400,
+            "per_page",
+        ),
         ("GET", "/v2/collectors?per_page=1001", None, "key", 11102, 400, "per_page"),
         ("GET", "/v2/collectors?page=0", None, "key", 11102, 400, "page"),
         ("GET", "/v2/collectors?page=-1", None, "key", 11102, 400, "page"),
@@ -51,9 +59,25 @@ def rest_cases() -> list[Any]:
         ),
         ("DELETE", "/v2/collectors", {"ids": ["bad id"]}, "key", 11102, 400, "ids[0]"),
         ("DELETE", "/v2/collectors", {"ids": ["ghost"]}, "key", 52000, 404, "ghost"),
-        ("DELETE", "/v2/collectors", {"delete_all": "yes"}, "key", 11102, 400, "delete_all"),
+        (
+            "DELETE",
+            "/v2/collectors",
+            {"delete_all": "yes"},
+            "key",
+            11102,
+            400,
+            "delete_all",
+        ),
         ("GET", "/v2/collectors", None, "pat", 11102, 400, "user_app_id"),
-        ("GET", "/v2/users/alice/apps/other/collectors", None, "key", 11008, 401, "other"),
+        (
+            "GET",
+            "/v2/users/alice/apps/other/collectors",
+            None,
+            "key",
+            11008,
+            401,
+            "other",
+        ),
         ("GET", "/v2/collectors", None, "missing", 11102, 401, "missing Authorization"),
         ("GET", "/v2/collectors", None, "Key", 11102, 401, "malformed"),
         ("GET", "/v2/collectors", None, "Bearer x", 11102, 401, "malformed"),
@@ -173,7 +197,9 @@ def test_grpc_malformed_calls(api: Api) -> None:
         (
             "PostCollectors",
             service_pb2.PostCollectorsRequest(
-                collectors=[collector_pb("c1", key, pre_queue_random_sample=float("nan"))]
+                collectors=[
+                    collector_pb("c1", key, pre_queue_random_sample=float("nan"))
+                ]
             ),
             key,
             11102,
@@ -222,35 +248,63 @@ def test_grpc_json_service_malformed_bodies(api: Api) -> None:
             assert document["status"]["code"] == code, (body, document)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="check_id (app/api/context.py) words a collector_id of the wrong type "
-    "as 'missing id'",
-)
 def test_grpc_json_service_wrong_id_type(api: Api) -> None:
+    key = api.key()
+    methods = ("PreviewCollector", "ListCollectorRevisions")
+    values = [5, 1.5, True, ["c1"], {"id": "c1"}]
+    for method in methods:
+        channel, call = grpc_raw(api, f"/collectors.v1.Collectors/{method}")
+        with channel:
+            for value in values:
+                body = orjson.dumps({"collector_id": value})
+                status = orjson.loads(call(body, metadata=metadata(key)))["status"]
+                description = status["description"]
+                case = (method, value, status)
+
+                assert status["code"] == 11102, case
+                assert status["http_status_code"] == 400, case
+                assert "collector_id: expected a string id" in description, case
+                assert "1 to 48 letters, digits, '-' or '_'" in description, case
+                assert "missing" not in description, case
+
+
+def test_grpc_json_service_missing_id(api: Api) -> None:
     channel, preview = grpc_raw(api, "/collectors.v1.Collectors/PreviewCollector")
     with channel:
-        body = preview(b'{"collector_id": 5}', metadata=metadata(api.key()))
-    status = orjson.loads(body)["status"]
+        for body in (b"{}", b'{"collector_id": null}', b'{"collector_id": ""}'):
+            document = orjson.loads(preview(body, metadata=metadata(api.key())))
+            status = document["status"]
 
-    assert status["code"] == 11102
-    assert "collector_id" in status["description"]
-    assert "missing" not in status["description"]
+            assert status["code"] == 11102, (body, status)
+            assert "collector_id: missing id" in status["description"], (body, status)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a V2 request whose bytes are not a protobuf message fails in the "
-    "generated deserializer, so the client gets gRPC UNKNOWN naming DecodeError "
-    "instead of a Clarifai status (11100) or INVALID_ARGUMENT",
-)
 def test_grpc_undecodable_request(api: Api) -> None:
     channel, list_collectors = grpc_raw(api, "/clarifai.api.V2/ListCollectors")
     with channel:
-        try:
-            body = list_collectors(b"\xff\xff\xff\xff", metadata=metadata(api.key()))
-        except grpc.RpcError as error:
-            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error
-            return
+        body = list_collectors(b"\xff\xff\xff\xff", metadata=metadata(api.key()))
     response = service_pb2.MultiCollectorResponse.FromString(body)
-    assert response.status.code == 11100
+    description = response.status.description
+
+    assert response.status.code == 11100, response.status
+    assert response.status.req_id, response.status
+    assert response.status.http_status_code == 400, response.status
+    assert "could not be decoded as clarifai.api.ListCollectorsRequest" in description
+
+
+def test_grpc_undecodable_request_before_auth(api: Api) -> None:
+    channel, get_collector = grpc_raw(api, "/clarifai.api.V2/GetCollector")
+    with channel:
+        body = get_collector(b"\x0a\x05ab", metadata=())
+    response = service_pb2.SingleCollectorResponse.FromString(body)
+
+    assert response.status.code == 11100, response.status
+    assert "GetCollectorRequest" in response.status.description, response.status
+
+
+def test_grpc_unimplemented_v2_rpc(api: Api) -> None:
+    stub = api.grpc_stub()
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.ListApps(service_pb2.ListAppsRequest(), metadata=metadata(api.key()))
+
+    assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED

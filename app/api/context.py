@@ -20,6 +20,7 @@ DEFAULT_PER_PAGE = 128
 MAX_PER_PAGE = 1000
 MAX_PAGE = 2**32 - 1  # the largest uint32, the type of `page` in the protos
 _DIGITS = re.compile(r"^[0-9]{1,20}$")
+ID_RULE = "1 to 48 letters, digits, '-' or '_'"  # the ids that ID_PATTERN matches
 
 
 @dataclass
@@ -97,13 +98,19 @@ def parse_paging(request: dict[str, Any]) -> tuple[int, int]:
 
 
 def check_id(value: Any, path: str) -> str:
-    """Return a resource id, or raise 11102 naming `path` when it is not valid."""
-    if not isinstance(value, str) or not value:
-        raise invalid_request(f"{path}: missing id")
-    if not ID_PATTERN.match(value):
+    """Return a resource id, or raise 11102 naming `path` when it is not valid.
+
+    A JSON request may carry any JSON value here, so a value that is not a string
+    gets its own message rather than being reported as missing.
+    """
+    if value is None or value == "":
+        raise invalid_request(f"{path}: missing id; expected an id of {ID_RULE}")
+    if not isinstance(value, str):
         raise invalid_request(
-            f"{path}: invalid id {value!r}; use 1 to 48 letters, digits, '-' or '_'"
+            f"{path}: expected a string id of {ID_RULE}, got {value!r}"
         )
+    if not ID_PATTERN.match(value):
+        raise invalid_request(f"{path}: invalid id {value!r}; use {ID_RULE}")
     return value
 
 

@@ -19,9 +19,8 @@ from typing import Any
 
 import grpc
 import orjson
-from clarifai_grpc.grpc.api import service_pb2_grpc
 from google.protobuf.json_format import ParseDict
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
 from app.api.context import Services
 from app.api.errors import CONN_BAD_REQUEST_FORMAT, FAILURE, ApiError
@@ -38,19 +37,29 @@ from app.api.protojson import message_to_request
 
 logger = logging.getLogger(__name__)
 
-Method = Callable[[Any, Message, grpc.aio.ServicerContext], Awaitable[Message]]
+Method = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Message]]
 
 
-def build_servicer(services: Services) -> service_pb2_grpc.V2Servicer:
-    """Return a V2Servicer whose implemented RPCs dispatch to the handlers."""
-    methods = {
-        name: _method(services, rpc)
+def build_v2_service(services: Services) -> grpc.GenericRpcHandler:
+    """Return the handler of the implemented `clarifai.api.V2` RPCs.
+
+    The generated `add_V2Servicer_to_server` decodes each request before the handler
+    runs, so a request that fails to decode ends with gRPC status UNKNOWN. These
+    handlers decode the raw bytes themselves. Bytes that are not the request message
+    get a response with status 11100 rather than gRPC INVALID_ARGUMENT, because
+    clarifai_grpc callers check `response.status` for every other request error.
+    The server returns gRPC status UNIMPLEMENTED for the V2 RPCs missing here.
+    """
+    handlers = {
+        name: grpc.unary_unary_rpc_method_handler(
+            _method(services, rpc),
+            request_deserializer=None,
+            response_serializer=_response_type(rpc).SerializeToString,
+        )
         for name, rpc in RPCS.items()
         if rpc.service == SERVICE_NAME
     }
-    servicer_class = type("CollectorsServicer", (service_pb2_grpc.V2Servicer,), methods)
-    servicer: service_pb2_grpc.V2Servicer = servicer_class()
-    return servicer
+    return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
 
 
 def build_own_service(services: Services) -> grpc.GenericRpcHandler:
@@ -69,8 +78,9 @@ def build_own_service(services: Services) -> grpc.GenericRpcHandler:
 
 def add_servicer(server: grpc.aio.Server, services: Services) -> None:
     """Register both services on the server."""
-    service_pb2_grpc.add_V2Servicer_to_server(build_servicer(services), server)
-    server.add_generic_rpc_handlers((build_own_service(services),))
+    server.add_generic_rpc_handlers(
+        (build_v2_service(services), build_own_service(services))
+    )
 
 
 def _authorization(context: grpc.aio.ServicerContext) -> str | None:
@@ -82,18 +92,43 @@ def _authorization(context: grpc.aio.ServicerContext) -> str | None:
 
 
 def _method(services: Services, rpc: Rpc) -> Method:
-    async def method(
-        self: Any, request: Message, context: grpc.aio.ServicerContext
-    ) -> Message:
-        request_dict = message_to_request(request)
+    async def method(request: bytes, context: grpc.aio.ServicerContext) -> Message:
+        req_id = new_req_id()
+        try:
+            message = _decode(rpc, request)
+        except ApiError as error:
+            logger.debug("%s rejected (req_id %s): %s", rpc.name, req_id, error.details)
+            return _to_message(rpc, error_reply(error, req_id).body)
+        request_dict = message_to_request(message)
         user_app_id = request_dict.pop("user_app_id", None)
         reply = await dispatch(
-            services, rpc, _authorization(context), user_app_id, request_dict
+            services, rpc, _authorization(context), user_app_id, request_dict, req_id
         )
         return _to_message(rpc, reply.body)
 
     method.__name__ = rpc.name
     return method
+
+
+def _decode(rpc: Rpc, content: bytes) -> Message:
+    """Parse the request message of a V2 RPC, or raise 11100 naming its type."""
+    request_type = rpc.request_type
+    assert request_type is not None, f"{rpc.name} has no protobuf request type"
+    try:
+        return request_type.FromString(content)
+    except DecodeError as error:
+        type_name = request_type.DESCRIPTOR.full_name
+        raise ApiError(
+            CONN_BAD_REQUEST_FORMAT,
+            f"the request body could not be decoded as {type_name}; send a"
+            f" serialized {type_name} message",
+        ) from error
+
+
+def _response_type(rpc: Rpc) -> type[Message]:
+    response_type = rpc.response_type
+    assert response_type is not None, f"{rpc.name} has no protobuf response type"
+    return response_type
 
 
 def _json_method(
@@ -140,8 +175,7 @@ def _json_object(content: bytes) -> dict[str, Any]:
 
 
 def _to_message(rpc: Rpc, body: dict[str, Any]) -> Message:
-    response_type = rpc.response_type
-    assert response_type is not None, f"{rpc.name} has no protobuf response type"
+    response_type = _response_type(rpc)
     try:
         return ParseDict(body, response_type(), ignore_unknown_fields=True)
     except Exception:
