@@ -32,12 +32,12 @@ from typing import Any
 
 import faust
 import orjson
-from aiokafka.errors import KafkaError
 from faust.types import EventT, StreamT
-from redis.exceptions import RedisError
 
 from agents.dead_letters import DeadLetterWriter
 from agents.delivery import Deliverer, FailedDelivery
+from agents.errors import INFRASTRUCTURE_ERRORS
+from agents.queue_messages import QueuePacker, unpack_queue_message
 from agents.routing import Router, RouteResult
 from agents.stats import WorkerStats
 from agents.stats_flush import install_worker_observability
@@ -105,6 +105,7 @@ def create_app(
     )
     dlq = app.topic(settings.dlq_topic, key_serializer="raw", value_serializer="raw")
     dead_letters = DeadLetterWriter(dlq)
+    packer = QueuePacker(settings.internal_partitions, settings.queue_batch_max_bytes)
 
     @app.agent(predictions, name=f"{settings.consumer_group}-route", concurrency=1)
     async def route(stream: StreamT[bytes]) -> None:
@@ -125,12 +126,16 @@ def create_app(
                 pending.append(
                     await dead_letters.send_event(event.message, dead_letter)
                 )
-        for key, items in result.batches.items():
-            for payload in _queue_payloads(key, items, settings.queue_batch_max_bytes):
-                pending.append(
-                    await queue.send(key=key.encode(), value=payload, force=True)
+        for message in packer.pack(result.batches):
+            pending.append(
+                await queue.send(
+                    key=message.key,
+                    value=message.value,
+                    partition=message.partition,
+                    force=True,
                 )
-                stats.totals["queue_messages_out"] += 1
+            )
+            stats.totals["queue_messages_out"] += 1
         await asyncio.gather(*pending)
 
     @app.agent(queue, name=f"{settings.consumer_group}-deliver", concurrency=1)
@@ -147,8 +152,8 @@ def create_app(
         for event in events:
             stats.totals["queue_messages_in"] += 1
             try:
-                document = orjson.loads(event.message.value)
-                batches[document["collector"]].extend(document["items"])
+                for key, items in unpack_queue_message(event.message.value):
+                    batches[key].extend(items)
             except (orjson.JSONDecodeError, KeyError, TypeError) as error:
                 reason = f"invalid queue message: {error!r}"
                 pending.append(
@@ -268,9 +273,6 @@ def create_app(
     return app
 
 
-# Errors of the services the agents depend on. While they last, a batch is retried
-# without end: dead-lettering events because Kafka or Redis is down would be wrong.
-INFRASTRUCTURE_ERRORS = (KafkaError, RedisError, OSError, asyncio.TimeoutError)
 # Attempts at a batch that fails with any other error before its events are tried
 # one by one, to find the ones that cause it.
 ATTEMPTS_BEFORE_ISOLATING = 3
@@ -354,25 +356,6 @@ async def _dead_letter_poison(
         except INFRASTRUCTURE_ERRORS as send_error:
             logger.warning("cannot write a dead letter yet: %r", send_error)
             await asyncio.sleep(min(30.0, 0.5 * 2 ** min(attempt, 6)))
-
-
-def _queue_payloads(
-    key: str, items: list[dict[str, Any]], max_bytes: int
-) -> list[bytes]:
-    """Split one collector's items into queue messages of at most `max_bytes`
-    (a single larger item gets a message of its own)."""
-    payloads: list[bytes] = []
-    encoded = [orjson.dumps(item) for item in items]
-    prefix = b'{"collector":' + orjson.dumps(key) + b',"items":['
-    start = 0
-    size = 0
-    for index, blob in enumerate(encoded):
-        if index > start and size + len(blob) > max_bytes:
-            payloads.append(prefix + b",".join(encoded[start:index]) + b"]}")
-            start, size = index, 0
-        size += len(blob) + 1
-    payloads.append(prefix + b",".join(encoded[start:]) + b"]}")
-    return payloads
 
 
 def log_summary_line(stats: WorkerStats, lag: int) -> None:

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from agents.errors import INFRASTRUCTURE_ERRORS
 from agents.stateful import StatefulGate
 from agents.stats import WorkerStats
 from app.config_cache import CollectorView, ConfigSnapshot
@@ -75,11 +76,35 @@ class Deliverer:
         """Deliver every collector's items; return the deliveries that failed for
         good, for the dead-letter topic."""
         tasks = [
-            self._deliver_collector(key, items, snapshot.by_key.get(key))
+            self._deliver_contained(key, items, snapshot.by_key.get(key))
             for key, items in batches.items()
         ]
         results = await asyncio.gather(*tasks)
         return [failure for failures in results for failure in failures]
+
+    async def _deliver_contained(
+        self, key: str, items: Sequence[dict[str, Any]], view: CollectorView | None
+    ) -> list[FailedDelivery]:
+        """Deliver one collector's items. An error that is not the infrastructure's
+        fails only this collector's items (dead-lettered as PROCESSING_FAILED), not
+        the other collectors that share the queue message."""
+        try:
+            return await self._deliver_collector(key, items, view)
+        except INFRASTRUCTURE_ERRORS:
+            raise
+        except Exception as error:
+            logger.exception("delivering the items of collector %s failed", key)
+            self.stats.funnel[key]["failed"] += len(items)
+            return [
+                FailedDelivery(
+                    key,
+                    list(items),
+                    f"processing failed: {error!r}",
+                    1,
+                    "PROCESSING_FAILED",
+                    payload_kind="items",
+                )
+            ]
 
     async def _deliver_collector(
         self, key: str, items: Sequence[dict[str, Any]], view: CollectorView | None

@@ -42,6 +42,7 @@ def build_worker_app(settings: Settings) -> faust.App:
         settings.destination_url,
         timeout_s=settings.destination_timeout_s,
         give_up_s=settings.destination_give_up_s,
+        max_in_flight=settings.destination_max_in_flight,
     )
     model_client = httpx.AsyncClient(timeout=settings.model_timeout_s)
     deliverer = Deliverer(
@@ -74,6 +75,7 @@ def _remote_model_caller(
 
 def run_worker(settings: Settings) -> None:
     """Create the topics, then run the worker until SIGINT or SIGTERM."""
+    _use_event_loop(settings.event_loop)
     asyncio.run(ensure_topics(settings))
     app = build_worker_app(settings)
     worker = faust.Worker(
@@ -82,3 +84,15 @@ def run_worker(settings: Settings) -> None:
         quiet=True,
     )
     worker.execute_from_commandline()
+
+
+def _use_event_loop(name: str) -> None:
+    """Install uvloop's event loop policy when asked for and installed."""
+    if name != "uvloop":
+        return
+    try:
+        import uvloop
+    except ImportError:
+        logger.warning("COLLECTORS_EVENT_LOOP=uvloop, but uvloop is not installed")
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())

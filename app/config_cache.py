@@ -127,13 +127,15 @@ class ConfigCache:
         last_change_id = await self._store.last_change_id()
         keys = await self._store.all_collector_keys()
         records = [r for r in await self._store.get_collectors_by_key(keys) if r]
-        apps = {(r.user_id, r.app_id) for r in records}
+        records_by_app: dict[AppKey, list[CollectorRecord]] = {}
+        for record in records:
+            app_key = (record.user_id, record.app_id)
+            records_by_app.setdefault(app_key, []).append(record)
+        apps = set(records_by_app)
         workflows: dict[tuple[str, str, str], Workflow] = {}
         relations: dict[AppKey, tuple[Mapping[str, Any], ...]] = {}
-        for user_id, app_id in apps:
-            wanted = _workflow_ids(
-                r for r in records if (r.user_id, r.app_id) == (user_id, app_id)
-            )
+        for (user_id, app_id), app_records in records_by_app.items():
+            wanted = _workflow_ids(app_records)
             for workflow_id, workflow in (
                 await self._store.get_workflows(user_id, app_id, wanted)
             ).items():

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-import httpx
+import aiohttp
 import orjson
 
 logger = logging.getLogger(__name__)
@@ -68,19 +68,31 @@ class Destination:
         give_up_s: float = 120.0,
         backoff_base_s: float = 0.2,
         backoff_max_s: float = 10.0,
-        client: httpx.AsyncClient | None = None,
+        max_in_flight: int = 16,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.give_up_s = give_up_s
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
-        self._client = client or httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 3.0)),
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+        self.max_in_flight = max_in_flight
+        self._timeout = aiohttp.ClientTimeout(
+            total=timeout_s, connect=min(timeout_s, 3.0)
         )
+        self._in_flight = asyncio.Semaphore(max_in_flight)
+        # Created on first use, because a session belongs to the running event loop.
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                timeout=self._timeout,
+                connector=aiohttp.TCPConnector(limit=self.max_in_flight * 2),
+            )
+        return self._session
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        if self._session is not None:
+            await self._session.close()
 
     async def post_inputs(
         self,
@@ -152,29 +164,43 @@ class Destination:
         body = orjson.dumps({"inputs": list(chunk)})
         headers = {"Authorization": f"Key {key}", "Content-Type": "application/json"}
         try:
-            response = await self._client.post(url, content=body, headers=headers)
-        except httpx.TimeoutException as error:
+            async with (
+                self._in_flight,
+                self._client().post(
+                    url, data=body, headers=headers, allow_redirects=False
+                ) as response,
+            ):
+                content = await response.read()
+        except TimeoutError as error:
             raise DeliveryError(
                 f"timed out posting to {url}: {error!r}", retriable=True
             ) from error
-        except httpx.TransportError as error:
+        except aiohttp.ClientError as error:
             raise DeliveryError(
                 f"cannot reach {url}: {error!r}", retriable=True
             ) from error
-        return _interpret(response, url)
+        return _interpret(
+            response.status,
+            response.reason or "",
+            response.headers.get("Retry-After"),
+            content,
+            url,
+        )
 
 
-def _interpret(response: httpx.Response, url: str) -> tuple[int, int]:
+def _interpret(
+    http_status: int, reason: str, retry_after: str | None, content: bytes, url: str
+) -> tuple[int, int]:
     """Return (posted, already present) for a response, or raise DeliveryError."""
     try:
-        document = response.json()
-    except ValueError:
+        document = orjson.loads(content)
+    except orjson.JSONDecodeError:
         document = {}
     status = document.get("status", {}) if isinstance(document, dict) else {}
     code = status.get("code")
-    description = status.get("description", "") or response.reason_phrase
+    description = status.get("description", "") or reason
 
-    if response.status_code < 300 and code in (SUCCESS, None):
+    if http_status < 300 and code in (SUCCESS, None):
         return _count_inputs(
             document,
             len(document.get("inputs", [])) if isinstance(document, dict) else 0,
@@ -184,17 +210,13 @@ def _interpret(response: httpx.Response, url: str) -> tuple[int, int]:
     if code == MIXED_STATUS and _only_present_or_success(document):
         return _count_inputs(document, 0)
 
-    message = (
-        f"POST {url} answered HTTP {response.status_code}, status {code}: {description}"
-    )
-    retriable = (
-        response.status_code >= 500 or response.status_code in RETRIABLE_HTTP_STATUSES
-    )
+    message = f"POST {url} answered HTTP {http_status}, status {code}: {description}"
+    retriable = http_status >= 500 or http_status in RETRIABLE_HTTP_STATUSES
     raise DeliveryError(
         message,
         retriable=retriable,
-        http_status=response.status_code,
-        retry_after_s=_retry_after_s(response.headers.get("Retry-After")),
+        http_status=http_status,
+        retry_after_s=_retry_after_s(retry_after),
     )
 
 
