@@ -107,7 +107,6 @@ def create_app(
     dead_letters = DeadLetterWriter(dlq)
     packer = QueuePacker(settings.internal_partitions, settings.queue_batch_max_bytes)
 
-    @app.agent(predictions, name=f"{settings.consumer_group}-route", concurrency=1)
     async def route(stream: StreamT[bytes]) -> None:
         await cache.wait_ready()
         async for events in stream.take_events(
@@ -138,7 +137,6 @@ def create_app(
             stats.totals["queue_messages_out"] += 1
         await asyncio.gather(*pending)
 
-    @app.agent(queue, name=f"{settings.consumer_group}-deliver", concurrency=1)
     async def deliver(stream: StreamT[bytes]) -> None:
         await cache.wait_ready()
         async for events in stream.take_events(
@@ -208,7 +206,6 @@ def create_app(
             failure, payload, source_topic, first_failure_at
         )
 
-    @app.agent(retry, name=f"{settings.consumer_group}-retry", concurrency=1)
     async def retry_deliveries(stream: StreamT[bytes]) -> None:
         await cache.wait_ready()
         async for events in stream.take_events(50, within=settings.batch_within_s):
@@ -257,6 +254,13 @@ def create_app(
             attempts = int(document.get("attempts") or 0) + failure.attempts
             failure = dataclasses.replace(failure, attempts=attempts)
         return failure, document
+
+    group = settings.consumer_group
+    if "route" in settings.stages:
+        app.agent(predictions, name=f"{group}-route", concurrency=1)(route)
+    if "deliver" in settings.stages:
+        app.agent(queue, name=f"{group}-deliver", concurrency=1)(deliver)
+        app.agent(retry, name=f"{group}-retry", concurrency=1)(retry_deliveries)
 
     @app.task
     async def follow_configuration() -> None:

@@ -32,11 +32,23 @@ def main() -> None:
     help="Port of this worker's health and metrics server (default 6066 or "
     "COLLECTORS_WORKER_WEB_PORT); give each worker on one host its own.",
 )
-def worker(web_port: int | None) -> None:
+@click.option(
+    "--stages",
+    default=None,
+    help="Stages to run: route, deliver, or route,deliver (default, or "
+    "COLLECTORS_WORKER_STAGES). Separate stages scale on their own.",
+)
+def worker(web_port: int | None, stages: str | None) -> None:
     """Run a stream worker; several workers form one Kafka consumer group."""
     settings = Settings()
     if web_port is not None:
         settings = settings.model_copy(update={"worker_web_port": web_port})
+    if stages is not None:
+        try:
+            stages = Settings._check_stages(stages)
+        except ValueError as error:
+            raise click.BadParameter(str(error), param_hint="--stages") from error
+        settings = settings.model_copy(update={"worker_stages": stages})
     configure_logging(settings.log_level)
     from agents.worker import run_worker
 

@@ -13,6 +13,7 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIB = 1024 * 1024
+WORKER_STAGES = ("route", "deliver")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -61,7 +62,12 @@ class Settings(BaseSettings):
         4 * MIB, validation_alias="COLLECTORS_QUEUE_BATCH_MAX_BYTES"
     )
 
-    # Worker.
+    # Worker. The stages it runs: "route" (stage one, reading the input topic),
+    # "deliver" (stage two, reading the queue and retry topics), or both. Workers
+    # with different stages can share a consumer group.
+    worker_stages: str = Field(
+        "route,deliver", validation_alias="COLLECTORS_WORKER_STAGES"
+    )
     worker_web_port: int = Field(6066, validation_alias="COLLECTORS_WORKER_WEB_PORT")
     route_batch_max: int = Field(500, validation_alias="COLLECTORS_ROUTE_BATCH_MAX")
     deliver_batch_max: int = Field(200, validation_alias="COLLECTORS_DELIVER_BATCH_MAX")
@@ -126,6 +132,24 @@ class Settings(BaseSettings):
     @classmethod
     def _strip_trailing_slash(cls, value: str) -> str:
         return value.rstrip("/")
+
+    @field_validator("worker_stages")
+    @classmethod
+    def _check_stages(cls, value: str) -> str:
+        stages = {item.strip() for item in value.split(",") if item.strip()}
+        unknown = stages - set(WORKER_STAGES)
+        if not stages or unknown:
+            raise ValueError(
+                f"worker stages {value!r} are invalid: expected a "
+                "comma-separated list of route and deliver (COLLECTORS_WORKER_STAGES "
+                "or --stages)"
+            )
+        return ",".join(stage for stage in WORKER_STAGES if stage in stages)
+
+    @property
+    def stages(self) -> frozenset[str]:
+        """The worker stages to run: "route", "deliver" or both."""
+        return frozenset(self.worker_stages.split(","))
 
     @cached_property
     def allowed_model_urls(self) -> tuple[str, ...]:

@@ -109,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_save:
         path = report.save(result, RESULTS_DIR)
         print(f"results: {path.relative_to(REPO)}")
+    print(f"ratio_split={result['ratio_split']:.3f}")
     print(f"ratio={result['ratio']:.3f}")
     return 0
 
@@ -219,7 +220,7 @@ async def _run(
         await client.flushdb()
         await client.aclose()
 
-    main_run, two = runs[0], runs[1]
+    main_run, two, split = runs[0], runs[1], runs[2]
     return {
         "date": now.isoformat(timespec="seconds"),
         "plan": plan.name,
@@ -242,6 +243,7 @@ async def _run(
         "latency": latency,
         "speed_up_two_workers": two["predictions_per_s"]
         / main_run["predictions_per_s"],
+        "ratio_split": split["predictions_per_s"] / raw["predictions_per_s"],
         "ratio": main_run["predictions_per_s"] / raw["predictions_per_s"],
     }
 
@@ -273,6 +275,16 @@ async def _measure_workers(
             ctx, main_collectors, main_survival, workers, matched(main_collectors)
         )
         runs.append(run.as_dict())
+    _say("stage one: a route worker and a deliver worker")
+    run = await measure_stage_one(
+        ctx,
+        main_collectors,
+        main_survival,
+        2,
+        matched(main_collectors),
+        stages=["route", "deliver"],
+    )
+    runs.append(run.as_dict())
 
     rate = runs[0]["predictions_per_s"] / 2
     _say(f"latency at {rate:.0f} predictions/s for {plan.latency_duration_s:.0f} s")

@@ -18,7 +18,7 @@ def _line(label: str, value: str) -> str:
 def table(result: dict[str, Any]) -> str:
     """Format the summary and one row per stage-one run."""
     runs = result["stage_one"]
-    main_run, two = runs[0], runs[1]
+    main_run, two, split = runs[0], runs[1], runs[2]
     latency = result["latency"]
     data_set = result["data_set"]
     rss_mib = max(main_run["rss_peak_bytes"], latency["rss_peak_bytes"]) / MIB
@@ -48,6 +48,10 @@ def table(result: dict[str, Any]) -> str:
         _line(
             "    speed-up from 1 to 2 workers", f"{result['speed_up_two_workers']:.2f}"
         ),
+        _line(
+            "    stage one, a route and a deliver worker",
+            f"{split['predictions_per_s']:,.0f}",
+        ),
         _line(f"(c) latency p50 at {offered}, ms", f"{latency['p50_ms']:,.1f}"),
         _line("    latency p99, ms", f"{latency['p99_ms']:,.1f}"),
         _line("(d) worker peak RSS, MiB", f"{rss_mib:,.0f}"),
@@ -60,8 +64,8 @@ def table(result: dict[str, Any]) -> str:
         ),
         "",
         "stage one runs (survival: queue items per matched prediction)",
-        "collectors target workers    pred/s events/s survival RSS MiB Redis/ev "
-        "start s  cores used",
+        "collectors target workers stages         pred/s events/s survival RSS MiB "
+        "Redis/ev start s  cores used",
     ]
     lines.extend(_run_row(run) for run in runs)
     lines.append("")
@@ -74,11 +78,19 @@ def _run_row(run: dict[str, Any]) -> str:
     )
     return (
         f"{run['collectors']:>10,} {run['survival_target']:>6.0%} "
-        f"{run['workers']:>7} {run['predictions_per_s']:>9,.0f} "
+        f"{run['workers']:>7} {_stages(run):<13} {run['predictions_per_s']:>9,.0f} "
         f"{run['events_per_s']:>8,.0f} {run['survival']:>8.1%} "
         f"{run['rss_peak_bytes'] / MIB:>7.0f} {run['redis_commands_per_event']:>8.3f} "
         f"{run['start_up_s']:>7.1f}  {cores}"
     )
+
+
+def _stages(run: dict[str, Any]) -> str:
+    """Return "both", or each worker's stages joined by "+"."""
+    stages = run.get("stages") or []
+    if all(stage == "route,deliver" for stage in stages):
+        return "both"
+    return "+".join(stages)
 
 
 def save(result: dict[str, Any], directory: Path) -> Path:

@@ -53,6 +53,8 @@ class StageOneResult:
     collectors: int
     survival_target: float
     workers: int
+    # Each worker's COLLECTORS_WORKER_STAGES; "route,deliver" runs both stages.
+    stages: list[str] = field(default_factory=list)
     predictions_per_s: float = 0.0
     events_per_s: float = 0.0
     window_s: float = 0.0
@@ -102,7 +104,12 @@ async def configure_collectors(
 
 
 async def measure_stage_one(
-    ctx: Context, collector_count: int, survival: float, workers: int, matched: float
+    ctx: Context,
+    collector_count: int,
+    survival: float,
+    workers: int,
+    matched: float,
+    stages: list[str] | None = None,
 ) -> StageOneResult:
     """Run workers on the pre-filled topic and measure the rate of their commits.
 
@@ -110,11 +117,15 @@ async def measure_stage_one(
     (every worker has its partitions) to the last one before the end of the topic
     or of the window. Start-up and the final commit interval are left out.
     `matched` is the fraction of the topic's predictions that some collector of
-    this configuration matches. The collectors must already be in Redis.
+    this configuration matches. `stages` gives each worker's stages (by default
+    both). The collectors must already be in Redis.
     """
+    stages = stages or ["route,deliver"] * workers
     name = f"{ctx.prefix}-c{collector_count}-s{round(survival * 100)}-w{workers}"
-    group = WorkerGroup(ctx, name, workers, ctx.topic.name)
-    result = StageOneResult(collector_count, survival, workers)
+    if any(stage != "route,deliver" for stage in stages):
+        name += "-split"
+    group = WorkerGroup(ctx, name, workers, ctx.topic.name, stages)
+    result = StageOneResult(collector_count, survival, workers, stages)
     redis_client = redis.Redis.from_url(ctx.redis_url, protocol=2)
     admin = AIOKafkaAdminClient(bootstrap_servers=ctx.bootstrap)
     await admin.start()

@@ -58,8 +58,17 @@ def read_summary(log_text: str) -> dict[str, int]:
 class WorkerGroup:
     """One or more `collectors worker` processes in one consumer group."""
 
-    def __init__(self, ctx: Context, group: str, count: int, input_topic: str) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        group: str,
+        count: int,
+        input_topic: str,
+        stages: list[str] | None = None,
+    ) -> None:
         self.ctx = ctx
+        # Each worker's COLLECTORS_WORKER_STAGES.
+        self.stages = stages or ["route,deliver"] * count
         self.group = group
         self.input_topic = input_topic
         self.web_ports = [free_port() for _ in range(count)]
@@ -80,6 +89,7 @@ class WorkerGroup:
                 data_dir=self.ctx.log_dir / f"{self.group}-{index}-data",
             )
             environment.update(self.ctx.worker_environment)
+            environment["COLLECTORS_WORKER_STAGES"] = self.stages[index]
             log_path = self.ctx.log_dir / f"{self.group}-worker-{index}.log"
             worker = start_worker(environment, log_path)
             self.workers.append(worker)
