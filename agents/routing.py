@@ -60,6 +60,10 @@ class RouteResult:
     dead_letters: list[DeadLetter] = field(default_factory=list)
 
 
+# The context given to operators that never read it (see rules.context.context_free).
+NO_CONTEXT = EvalContext(input={}, seed_key="")
+
+
 class _Candidate(NamedTuple):
     """A valid output whose model some collector watches."""
 
@@ -200,6 +204,7 @@ class Router:
         samples = fraction > 0.0 and (fraction < 1.0 or not by_input_id)
         seed_prefix = view.key + "/"
         workflow = view.pre_queue
+        fast_step = workflow.context_free_step if workflow is not None else None
         remote = view.pre_queue_is_remote
         items: list[dict[str, Any]] = []
         dropped_sample = dropped_pre_queue = 0
@@ -218,7 +223,18 @@ class Router:
                     dropped_sample += 1
                     continue
             deferred = remote and not candidate.failed
-            if workflow is not None and not deferred and not candidate.failed:
+            if fast_step is not None and not deferred and not candidate.failed:
+                # A one-node workflow whose operator reads no context: the same
+                # outcome as workflow.run, without building a context and a result.
+                data = output.get("data") or {}
+                node_id, operator = fast_step
+                if not any(data.values()) or not any(
+                    operator(data, NO_CONTEXT).values()
+                ):
+                    dropped_pre_queue += 1
+                    self.stats.rule_drops[(view.key, node_id)] += 1
+                    continue
+            elif workflow is not None and not deferred and not candidate.failed:
                 context = EvalContext(
                     input=output["input"],
                     seed_key=f"{view.key}/{candidate.input_id}",

@@ -10,7 +10,7 @@ import operator
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from rules.context import Data, EvalContext, Operator, Relation
+from rules.context import Data, EvalContext, Operator, Relation, context_free
 from rules.errors import RuleConfigError
 from rules.params import (
     describe,
@@ -132,7 +132,7 @@ def compile_concept_thresholder(model: dict[str, Any], node_id: str) -> Operator
             return data
         return {**data, "concepts": kept_concepts}
 
-    return threshold_concepts
+    return context_free(threshold_concepts)
 
 
 class ConceptGraph:

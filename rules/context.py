@@ -62,3 +62,14 @@ Operator = Callable[[Data, EvalContext], Data]
 An empty output (no non-empty field) drops the item. Operators may return their
 input object unchanged, so callers must not mutate outputs they did not create.
 """
+
+
+# Attribute of an operator function that reads only its input data, never the
+# EvalContext. A workflow of one such node can then run without building a context.
+CONTEXT_FREE_ATTRIBUTE = "context_free"
+
+
+def context_free(operator: Operator) -> Operator:
+    """Mark an operator that never reads its EvalContext."""
+    setattr(operator, CONTEXT_FREE_ATTRIBUTE, True)
+    return operator

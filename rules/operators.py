@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from rules.concepts import compile_concept_synonym_mapper, compile_concept_thresholder
-from rules.context import Data, EvalContext, Operator
+from rules.context import Data, EvalContext, Operator, context_free
 from rules.errors import RemoteOutputMissingError, RuleConfigError
 from rules.metadata import compile_metadata_filter
 from rules.params import (
@@ -94,7 +94,7 @@ def compile_max_probability_below(model: dict[str, Any], node_id: str) -> Operat
                 return {}
         return data
 
-    return max_probability_below
+    return context_free(max_probability_below)
 
 
 def compile_min_probability_above(model: dict[str, Any], node_id: str) -> Operator:
@@ -115,7 +115,7 @@ def compile_min_probability_above(model: dict[str, Any], node_id: str) -> Operat
                 return {}
         return data
 
-    return min_probability_above
+    return context_free(min_probability_above)
 
 
 # Clarifai status codes ANNOTATION_SUCCESS and ANNOTATION_PENDING (status_code.proto).

@@ -21,7 +21,7 @@ import json
 import math
 from typing import Any
 
-from rules.context import Data, EvalContext, Operator
+from rules.context import Data, EvalContext, Operator, context_free
 from rules.params import invalid, model_params, param_path, required_fraction
 from rules.sampling import sample_fraction
 
@@ -55,7 +55,7 @@ def compile_margin_below(model: dict[str, Any], node_id: str) -> Operator:
         values = _values(data)
         return data if values and margin(values) < threshold else {}
 
-    return margin_below
+    return context_free(margin_below)
 
 
 def compile_entropy_above(model: dict[str, Any], node_id: str) -> Operator:
@@ -68,7 +68,7 @@ def compile_entropy_above(model: dict[str, Any], node_id: str) -> Operator:
             return {}
         return data if normalised_entropy(values) > threshold else {}
 
-    return entropy_above
+    return context_free(entropy_above)
 
 
 def compile_least_confidence_above(model: dict[str, Any], node_id: str) -> Operator:
@@ -79,7 +79,7 @@ def compile_least_confidence_above(model: dict[str, Any], node_id: str) -> Opera
         values = _values(data)
         return data if values and least_confidence(values) > threshold else {}
 
-    return least_confidence_above
+    return context_free(least_confidence_above)
 
 
 def metadata_value(input_document: Any, path: str) -> Any:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
-from rules.context import Data, EvalContext, Operator
+from rules.context import CONTEXT_FREE_ATTRIBUTE, Data, EvalContext, Operator
 from rules.errors import RuleConfigError
 from rules.operators import compile_operator, is_remote_model
 from rules.params import describe, invalid, missing
@@ -86,6 +86,7 @@ class CompiledWorkflow:
     __slots__ = (
         "_single_step",
         "_steps",
+        "context_free_step",
         "nodes",
         "remote_node_ids",
         "result_node_ids",
@@ -113,6 +114,14 @@ class CompiledWorkflow:
         )
         self._steps = steps
         self._single_step = steps[0] if len(steps) == 1 else None
+        # (node id, operator) of a one-node workflow whose operator reads no
+        # EvalContext, so that the route step can run it without building one.
+        self.context_free_step: tuple[str, Operator] | None = None
+        single = self._single_step
+        if single is not None and getattr(
+            single.operator, CONTEXT_FREE_ATTRIBUTE, False
+        ):
+            self.context_free_step = (single.node_id, single.operator)
 
     def run(self, data: Data, context: EvalContext) -> WorkflowResult:
         """Run the workflow on the input data and return each node's output.

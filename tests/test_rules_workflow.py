@@ -443,3 +443,88 @@ def test_compile_workflow_invalid_shape(workflow: Any, message: str) -> None:
     with pytest.raises(RuleConfigError) as error:
         compile_workflow(workflow)
     assert str(error.value) == message
+
+
+# One-node workflows of each operator that reads no context, as the route step's
+# fast path sees them.
+CONTEXT_FREE_NODES = [
+    ("max-probability-below", {"threshold": 0.6}, None),
+    ("min-probability-above", {"threshold": 0.3}, None),
+    ("margin-below", {"threshold": 0.2}, None),
+    ("entropy-above", {"threshold": 0.5}, None),
+    ("least-confidence-above", {"threshold": 0.4}, None),
+    (
+        "concept-thresholder",
+        {"concept_threshold_type": "GREATER_THAN"},
+        {"concepts": [{"id": "a", "value": 0.5}, {"id": "b", "value": 0.2}]},
+    ),
+]
+
+concept_lists = st.lists(
+    st.fixed_dictionaries(
+        {
+            "id": st.sampled_from(["a", "b", "c"]),
+            "value": st.floats(min_value=0.0, max_value=1.0),
+        }
+    ),
+    max_size=5,
+)
+
+
+def _one_node_workflow(
+    model_type_id: str, params: dict[str, Any], data: dict[str, Any] | None
+) -> dict[str, Any]:
+    output_info: dict[str, Any] = {"params": params}
+    if data is not None:
+        output_info["data"] = data
+    model = {"id": model_type_id, "model_type_id": model_type_id}
+    model["output_info"] = output_info
+    return {"id": "wf", "nodes": [{"id": "only", "model": model}]}
+
+
+@pytest.mark.parametrize(("model_type_id", "params", "data"), CONTEXT_FREE_NODES)
+@given(concepts=concept_lists)
+def test_context_free_step_matches_run(
+    model_type_id: str,
+    params: dict[str, Any],
+    data: dict[str, Any] | None,
+    concepts: list[dict[str, Any]],
+) -> None:
+    workflow = compile_workflow(_one_node_workflow(model_type_id, params, data))
+    assert workflow.context_free_step is not None
+    node_id, operator = workflow.context_free_step
+    assert node_id == "only"
+    item = {"concepts": concepts}
+    context = EvalContext(input={"id": "i"}, seed_key="k")
+    fast = any(item.values()) and any(operator(item, context).values())
+    assert fast == workflow.run(item, context).passed
+
+
+@pytest.mark.parametrize(
+    "workflow",
+    [
+        _one_node_workflow("random-sample", {"keep_fraction": 0.5}, None),
+        {
+            "id": "two",
+            "nodes": [
+                {
+                    "id": "first",
+                    "model": {
+                        "model_type_id": "max-probability-below",
+                        "output_info": {"params": {"threshold": 0.5}},
+                    },
+                },
+                {
+                    "id": "second",
+                    "node_inputs": [{"node_id": "first"}],
+                    "model": {
+                        "model_type_id": "max-probability-below",
+                        "output_info": {"params": {"threshold": 0.4}},
+                    },
+                },
+            ],
+        },
+    ],
+)
+def test_context_free_step_absent(workflow: dict[str, Any]) -> None:
+    assert compile_workflow(workflow).context_free_step is None
