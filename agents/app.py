@@ -67,6 +67,7 @@ def create_app(
         settings.consumer_group,
         broker=f"kafka://{settings.kafka_bootstrap_servers}",
         autodiscover=False,
+        datadir=str(settings.faust_data_dir / settings.consumer_group),
         topic_allow_declare=False,
         topic_disable_leader=True,
         consumer_auto_offset_reset="earliest",

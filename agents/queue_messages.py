@@ -27,6 +27,8 @@ from aiokafka.partitioner import murmur2
 
 # Collector keys whose partition is remembered; the cache starts over when full.
 PARTITION_CACHE_MAX = 100_000
+# The bytes that `_message` puts around a message's parts: b'{"batches":[' and b']}'.
+MESSAGE_ENVELOPE_BYTES = len(b'{"batches":[]}')
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,21 +64,22 @@ class QueuePacker:
         the order given, split so that a message stays under `max_bytes` (a single
         larger item gets a message of its own)."""
         parts_by_partition: dict[int, list[tuple[str, bytes]]] = {}
+        part_max_bytes = self.max_bytes - MESSAGE_ENVELOPE_BYTES
         for key, items in batches.items():
             if not items:
                 continue
             parts = parts_by_partition.setdefault(self.partition(key), [])
             parts.extend(
-                (key, part) for part in collector_parts(key, items, self.max_bytes)
+                (key, part) for part in collector_parts(key, items, part_max_bytes)
             )
         messages = []
         for partition, parts in parts_by_partition.items():
             start = 0
-            size = 0
+            size = MESSAGE_ENVELOPE_BYTES
             for index, (_, part) in enumerate(parts):
                 if index > start and size + len(part) > self.max_bytes:
                     messages.append(_message(partition, parts[start:index]))
-                    start, size = index, 0
+                    start, size = index, MESSAGE_ENVELOPE_BYTES
                 size += len(part) + 1
             messages.append(_message(partition, parts[start:]))
         return messages
@@ -90,12 +93,14 @@ def collector_parts(
     parts: list[bytes] = []
     encoded = [orjson.dumps(item) for item in items]
     prefix = b'{"collector":' + orjson.dumps(key) + b',"items":['
+    # The part's bytes besides its items: the prefix and the closing b"]}".
+    envelope = len(prefix) + 2
     start = 0
-    size = 0
+    size = envelope
     for index, blob in enumerate(encoded):
         if index > start and size + len(blob) > max_bytes:
             parts.append(prefix + b",".join(encoded[start:index]) + b"]}")
-            start, size = index, 0
+            start, size = index, envelope
         size += len(blob) + 1
     parts.append(prefix + b",".join(encoded[start:]) + b"]}")
     return parts
@@ -115,7 +120,11 @@ def unpack_queue_message(value: bytes | None) -> list[tuple[str, list[dict[str, 
     one, before returning anything, so that a broken message is dead-lettered whole.
     """
     document = orjson.loads(value or b"")
+    if not isinstance(document, dict):
+        raise TypeError(f"expected a JSON object, got {type(document).__name__}")
     parts = document["batches"] if "batches" in document else [document]
+    if not isinstance(parts, list):
+        raise TypeError(f"expected a list of batches, got {type(parts).__name__}")
     pairs = []
     for part in parts:
         key = part["collector"]

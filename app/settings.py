@@ -62,6 +62,12 @@ class Settings(BaseSettings):
         4 * MIB, validation_alias="COLLECTORS_QUEUE_BATCH_MAX_BYTES"
     )
 
+    # Faust's data directory; each consumer group gets a folder in it. Faust keeps
+    # nothing there that the worker needs, since the worker has no tables.
+    faust_data_dir: Path = Field(
+        REPO_ROOT / ".data" / "faust", validation_alias="COLLECTORS_FAUST_DATA_DIR"
+    )
+
     # Worker. The stages it runs: "route" (stage one, reading the input topic),
     # "deliver" (stage two, reading the queue and retry topics), or both. Workers
     # with different stages can share a consumer group.

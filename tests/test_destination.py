@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -14,13 +16,23 @@ from app.destination import MAX_INPUTS_PER_REQUEST, DeliveryError, Destination
 
 
 class Script:
-    """Responses to send, in order: (HTTP status, JSON document, extra headers)."""
+    """Responses to send, in order: (HTTP status, JSON document, extra headers).
+
+    `delays_s` lists how long to wait before each response, in order (no wait once
+    it is empty). `peak_in_flight` is the max number of requests in progress at once.
+    """
 
     def __init__(
         self, answers: list[tuple[int, dict[str, Any], dict[str, str]]]
     ) -> None:
         self.answers = answers
         self.requests: list[dict[str, Any]] = []
+        self.delays_s: list[float] = []
+        self.lock = threading.Lock()
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        # Set at teardown, so that delayed responses are sent at once.
+        self.released = threading.Event()
 
 
 @pytest.fixture
@@ -28,15 +40,39 @@ def server() -> Iterator[tuple[str, Script]]:
     script = Script([])
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 (the name http.server requires)
+        def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            script.requests.append(
-                {"path": self.path, "auth": self.headers["Authorization"], "body": body}
-            )
-            if script.answers:
-                status, document, headers = script.answers.pop(0)
-            else:
-                status, document, headers = 200, {"status": {"code": 10000}}, {}
+            with script.lock:
+                script.requests.append(
+                    {
+                        "path": self.path,
+                        "auth": self.headers["Authorization"],
+                        "body": body,
+                    }
+                )
+                if script.answers:
+                    answer = script.answers.pop(0)
+                else:
+                    answer = (200, {"status": {"code": 10000}}, {})
+                delay_s = script.delays_s.pop(0) if script.delays_s else 0.0
+                script.in_flight += 1
+                script.peak_in_flight = max(script.peak_in_flight, script.in_flight)
+            try:
+                script.released.wait(delay_s)
+                self._send(body, *answer)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client timed out and closed the connection
+            finally:
+                with script.lock:
+                    script.in_flight -= 1
+
+        def _send(
+            self,
+            body: dict[str, Any],
+            status: int,
+            document: dict[str, Any],
+            headers: dict[str, str],
+        ) -> None:
             if document == {"echo": True}:
                 document = {"status": {"code": 10000}, "inputs": body["inputs"]}
             payload = json.dumps(document).encode()
@@ -47,12 +83,13 @@ def server() -> Iterator[tuple[str, Script]]:
             self.end_headers()
             self.wfile.write(payload)
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: Any) -> None:
             pass
 
     http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=http.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{http.server_address[1]}", script
+    script.released.set()
     http.shutdown()
     http.server_close()
 
@@ -176,3 +213,66 @@ async def test_destination_connection_refused_is_retriable() -> None:
     await destination.aclose()
     assert caught.value.retriable is True
     assert "cannot reach" in str(caught.value)
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+async def test_destination_does_not_follow_redirect(
+    server: tuple[str, Script], status: int
+) -> None:
+    url, script = server
+    elsewhere = f"{url}/v2/users/u/apps/elsewhere/inputs"
+    script.answers = [(status, {}, {"Location": elsewhere})]
+    destination = Destination(url, give_up_s=5, backoff_base_s=0.01)
+    with pytest.raises(DeliveryError) as caught:
+        await destination.post_inputs("u", "a", "k", inputs(1))
+    await destination.aclose()
+    assert caught.value.retriable is False
+    assert caught.value.http_status == status
+    assert [r["path"] for r in script.requests] == ["/v2/users/u/apps/a/inputs"]
+
+
+async def test_destination_retries_after_timeout(server: tuple[str, Script]) -> None:
+    url, script = server
+    script.delays_s = [5.0]
+    destination = Destination(url, timeout_s=0.3, give_up_s=5, backoff_base_s=0.01)
+    started = time.monotonic()
+    result = await destination.post_inputs("u", "a", "k", inputs(1))
+    await destination.aclose()
+    assert result.attempts == 2
+    # The first attempt gave up at the timeout, not when its response came.
+    assert time.monotonic() - started < 2.0
+    assert len(script.requests) == 2
+
+
+async def test_destination_timeout_is_retriable(server: tuple[str, Script]) -> None:
+    url, script = server
+    script.delays_s = [5.0] * 10
+    destination = Destination(url, timeout_s=0.2, give_up_s=0.5, backoff_base_s=0.01)
+    started = time.monotonic()
+    with pytest.raises(DeliveryError) as caught:
+        await destination.post_inputs("u", "a", "k", inputs(1))
+    await destination.aclose()
+    assert caught.value.retriable is True
+    assert caught.value.http_status is None
+    assert "timed out" in str(caught.value)
+    assert caught.value.attempts >= 2
+    assert time.monotonic() - started < 2.0
+
+
+async def test_destination_caps_requests_in_flight(
+    server: tuple[str, Script],
+) -> None:
+    url, script = server
+    script.answers = [(200, {"echo": True}, {}) for _ in range(50)]
+    script.delays_s = [0.1] * 50
+    destination = Destination(url, give_up_s=10, max_in_flight=4)
+    results = await asyncio.gather(
+        *(destination.post_inputs("u", "a", "k", [item]) for item in inputs(50))
+    )
+    await destination.aclose()
+    assert [r.posted for r in results] == [1] * 50
+    assert [r.attempts for r in results] == [1] * 50
+    assert len(script.requests) == 50
+    assert script.peak_in_flight <= 4
+    # The requests did run concurrently, up to the cap.
+    assert script.peak_in_flight == 4

@@ -190,6 +190,34 @@ async def test_stats_flush_keeps_deltas_through_outage(
         await good.aclose()
 
 
+async def test_stats_flush_adds_every_funnel_counter(redis_url: str) -> None:
+    stats = WorkerStats()
+    for n in range(50):
+        stats.add_funnel(f"u/a/c{n}", "matched", n + 2)
+        stats.add_funnel(f"u/a/c{n}", "posted", n + 1)
+    stats.rule_drops[("u/a/c0", "below")] += 4
+    stats.rule_drops[("u/a/rules-only", "above")] += 2
+    client = redis.Redis.from_url(redis_url, protocol=2, decode_responses=True)
+    flusher = StatsFlusher(client, stats, LatencyRecorder(stats), "host:1", 10.0)
+    heartbeat = {"group": "g", "partitions": {"t": [0]}, "lag": 0}
+    try:
+        assert await flusher.flush(heartbeat) is True
+        # A second flush adds only what changed since the first.
+        stats.add_funnel("u/a/c1", "posted", 5)
+        stats.rule_drops[("u/a/rules-only", "above")] += 1
+        assert await flusher.flush(heartbeat) is True
+        funnels = await read_funnels(client)
+    finally:
+        await client.aclose()
+
+    expected = {f"u/a/c{n}": {"matched": n + 2, "posted": n + 1} for n in range(50)}
+    expected["u/a/c0"]["rule:below"] = 4
+    expected["u/a/c1"]["posted"] = 2 + 5
+    # A collector with rule drops only is listed among the collectors too.
+    expected["u/a/rules-only"] = {"rule:above": 3}
+    assert funnels == expected
+
+
 # --- progress bar ---------------------------------------------------------------------
 
 
