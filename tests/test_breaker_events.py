@@ -184,9 +184,8 @@ async def test_edge_events_routed_or_dead_lettered(pipeline, redis_url: str) -> 
     model_id_int = output("model-int")
     model_id_int["model"]["id"] = 5
     blank_input = output(" ")
-    huge_number = (
-        raw_event("huge", [output("huge")])
-        .replace(b'"value":0.5', b'"value":1e999')
+    huge_number = raw_event("huge", [output("huge")]).replace(
+        b'"value":0.5', b'"value":1e999'
     )
     big_integer = raw_event("bigint", [output("bigint")]).replace(
         b'"value":0.5', b'"value":123456789012345678901234567890'
@@ -366,7 +365,8 @@ async def test_sigterm_after_failed_batch_exits(pipeline, redis_url: str) -> Non
     assert worker.process is not None
     worker.process.terminate()
     started = time.monotonic()
-    while worker.process.poll() is None and time.monotonic() - started < EXIT_S:
+    # Polls a child process, which has no event to await.
+    while worker.process.poll() is None and time.monotonic() - started < EXIT_S:  # noqa: ASYNC110
         await asyncio.sleep(0.2)
     assert worker.process.poll() is not None, f"still running {EXIT_S} s after SIGTERM"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-from agents.routing import RouteResult, Router
+from agents.routing import Router, RouteResult
 from agents.stats import WorkerStats
 from app.config_cache import CollectorView, ConfigSnapshot
 from app.models import CollectorRecord
@@ -62,7 +62,10 @@ def test_router_counts_drops_per_rule() -> None:
     ]
     Router(1_000_000, stats).route(event("e1", outputs), snapshot, result)
 
-    assert stats.rule_drops == {("owner/a/c", "below-0-8"): 1, ("owner/a/c", "above-0-3"): 2}
+    assert stats.rule_drops == {
+        ("owner/a/c", "below-0-8"): 1,
+        ("owner/a/c", "above-0-3"): 2,
+    }
     assert stats.funnel["owner/a/c"]["matched"] == 4
     assert stats.funnel["owner/a/c"]["dropped_pre_queue"] == 3
     assert stats.funnel["owner/a/c"]["enqueued"] == 1
