@@ -264,6 +264,15 @@ def create_app(
         app.agent(retry, name=f"{group}-retry", concurrency=1)(retry_deliveries)
 
     @app.task
+    async def shorten_fetch_wait() -> None:
+        # The consumer thread creates its aiokafka consumer when it starts.
+        for _ in range(600):
+            if _set_fetch_max_wait(app, settings.fetch_max_wait_ms) is not None:
+                return
+            await asyncio.sleep(0.1)
+        logger.warning("the consumer did not start within 60 s; fetch wait unchanged")
+
+    @app.task
     async def follow_configuration() -> None:
         await cache.run()
 
@@ -361,6 +370,29 @@ async def _dead_letter_poison(
         except INFRASTRUCTURE_ERRORS as send_error:
             logger.warning("cannot write a dead letter yet: %r", send_error)
             await asyncio.sleep(min(30.0, 0.5 * 2 ** min(attempt, 6)))
+
+
+def _set_fetch_max_wait(app: faust.App, fetch_max_wait_ms: int) -> bool | None:
+    """Set how long the broker may hold a fetch that finds no new records.
+
+    faust-streaming 0.15 creates its aiokafka consumer with fetch_max_wait_ms=1500
+    and has no setting for it. The worker shortens it on the consumer's fetcher, a
+    private attribute. Returns whether it was set, or None while the consumer has
+    not started yet.
+    """
+    thread = getattr(app.consumer, "_thread", None)
+    consumer = getattr(thread, "_consumer", None)
+    if consumer is None:
+        return None
+    fetcher = getattr(consumer, "_fetcher", None)
+    if fetcher is None:
+        return None
+    if not hasattr(fetcher, "_fetch_max_wait_ms"):
+        logger.warning("cannot set the consumer's fetch wait on this aiokafka version")
+        return False
+    fetcher._fetch_max_wait_ms = fetch_max_wait_ms
+    logger.info("consumer fetch wait set to %d ms", fetch_max_wait_ms)
+    return True
 
 
 def log_summary_line(stats: WorkerStats, lag: int) -> None:

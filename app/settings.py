@@ -74,6 +74,11 @@ class Settings(BaseSettings):
     worker_stages: str = Field(
         "route,deliver", validation_alias="COLLECTORS_WORKER_STAGES"
     )
+    # How long the broker may hold a fetch that finds no new records (Faust's
+    # default of 1.5 s delays records on the other topics by as much).
+    fetch_max_wait_ms: int = Field(
+        100, validation_alias="COLLECTORS_FETCH_MAX_WAIT_MS", ge=1
+    )
     worker_web_port: int = Field(6066, validation_alias="COLLECTORS_WORKER_WEB_PORT")
     route_batch_max: int = Field(500, validation_alias="COLLECTORS_ROUTE_BATCH_MAX")
     deliver_batch_max: int = Field(200, validation_alias="COLLECTORS_DELIVER_BATCH_MAX")
