@@ -273,3 +273,12 @@ async def test_broken_collector_fails_alone(deployment: Deployment) -> None:
     assert unpack_queue_message(letter.value) == [(broken_key, broken_items)]
     received = deployment.scenario.destination.snapshot()
     assert not {item["id"] for item in broken_items} & set(received)
+
+
+async def test_worker_shortens_fetch_wait(deployment: Deployment) -> None:
+    # Faust creates the consumer with a 1.5 s fetch wait; the worker lowers it to
+    # COLLECTORS_FETCH_MAX_WAIT_MS (100 ms by default) once the consumer runs.
+    async def logged() -> bool:
+        return "consumer fetch wait set to 100 ms" in deployment.worker.log_text()
+
+    await wait_for(logged, "the worker to log its fetch wait")
