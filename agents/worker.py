@@ -76,7 +76,9 @@ def _remote_model_caller(
 def run_worker(settings: Settings) -> None:
     """Create the topics, then run the worker until SIGINT or SIGTERM."""
     _use_event_loop(settings.event_loop)
-    settings.faust_data_dir.mkdir(parents=True, exist_ok=True)
+    (settings.faust_data_dir / settings.consumer_group).mkdir(
+        parents=True, exist_ok=True
+    )
     asyncio.run(ensure_topics(settings))
     app = build_worker_app(settings)
     worker = faust.Worker(
