@@ -44,7 +44,15 @@ WORK_DIR = REPO / ".data" / "bench"
 MAIN_COLLECTORS = 1000
 MAIN_SURVIVAL = 0.10
 LATENCY_TEMPLATES = 2000
-PACKAGES = ("faust-streaming", "aiokafka", "pydantic", "orjson", "redis", "httpx")
+PACKAGES = (
+    "faust-streaming",
+    "aiokafka",
+    "pydantic",
+    "orjson",
+    "redis",
+    "httpx",
+    "aiohttp",
+)
 # Installed or not, these change the worker's speed (see docs/benchmarks.md).
 OPTIONAL_PACKAGES = ("sniffio", "uvloop")
 
