@@ -60,10 +60,6 @@ class RouteResult:
     dead_letters: list[DeadLetter] = field(default_factory=list)
 
 
-# The context given to operators that never read it (see rules.context.context_free).
-NO_CONTEXT = EvalContext(input={}, seed_key="")
-
-
 class _Candidate(NamedTuple):
     """A valid output whose model some collector watches."""
 
@@ -227,10 +223,8 @@ class Router:
                 # A one-node workflow whose operator reads no context: the same
                 # outcome as workflow.run, without building a context and a result.
                 data = output.get("data") or {}
-                node_id, operator = fast_step
-                if not any(data.values()) or not any(
-                    operator(data, NO_CONTEXT).values()
-                ):
+                node_id, passes = fast_step
+                if not any(data.values()) or not passes(data):
                     dropped_pre_queue += 1
                     self.stats.rule_drops[(view.key, node_id)] += 1
                     continue

@@ -132,7 +132,17 @@ def compile_concept_thresholder(model: dict[str, Any], node_id: str) -> Operator
             return data
         return {**data, "concepts": kept_concepts}
 
-    return context_free(threshold_concepts)
+    def passes(data: Data) -> bool:
+        # Whether threshold_concepts keeps any concept, stopping at the first.
+        for concept in data.get("concepts") or ():
+            threshold = thresholds.get(concept.get("id"))
+            if threshold is None:
+                threshold = thresholds.get(concept.get("name"))
+            if threshold is not None and compare(concept.get("value", 0.0), threshold):
+                return True
+        return False
+
+    return context_free(threshold_concepts, passes)
 
 
 class ConceptGraph:

@@ -39,7 +39,10 @@ def normalised_entropy(values: list[float]) -> float:
     total = sum(values)
     if len(values) < 2 or total <= 0:
         return 0.0
-    entropy = -sum(v / total * math.log(v / total) for v in values if v > 0)
+    # A share can underflow to 0.0 for a tiny value (5e-324), so the check is on
+    # the share, not on the value.
+    shares = [v / total for v in values]
+    entropy = -sum(share * math.log(share) for share in shares if share > 0)
     return entropy / math.log(len(values))
 
 

@@ -13,7 +13,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
-from rules.context import CONTEXT_FREE_ATTRIBUTE, Data, EvalContext, Operator
+from rules.context import (
+    CONTEXT_FREE_ATTRIBUTE,
+    Data,
+    EvalContext,
+    Operator,
+    Predicate,
+)
 from rules.errors import RuleConfigError
 from rules.operators import compile_operator, is_remote_model
 from rules.params import describe, invalid, missing
@@ -114,14 +120,16 @@ class CompiledWorkflow:
         )
         self._steps = steps
         self._single_step = steps[0] if len(steps) == 1 else None
-        # (node id, operator) of a one-node workflow whose operator reads no
-        # EvalContext, so that the route step can run it without building one.
-        self.context_free_step: tuple[str, Operator] | None = None
+        # (node id, predicate) of a one-node workflow whose operator reads no
+        # EvalContext: for data with content, whether the workflow passes. The
+        # route step calls it without building a context.
+        self.context_free_step: tuple[str, Predicate] | None = None
         single = self._single_step
-        if single is not None and getattr(
-            single.operator, CONTEXT_FREE_ATTRIBUTE, False
-        ):
-            self.context_free_step = (single.node_id, single.operator)
+        passes = (
+            getattr(single.operator, CONTEXT_FREE_ATTRIBUTE, None) if single else None
+        )
+        if single is not None and passes is not None:
+            self.context_free_step = (single.node_id, passes)
 
     def run(self, data: Data, context: EvalContext) -> WorkflowResult:
         """Run the workflow on the input data and return each node's output.

@@ -65,6 +65,7 @@ def test_margin_below_cases(
         ((0.9,), 0.0, False),  # one concept: entropy 0
         ((), 0.0, False),
         ((0.0, 0.0), 0.0, False),  # values sum to 0
+        ((5e-324, 1.0, 1.0), 0.5, True),  # a share that underflows to 0.0
     ],
 )
 def test_entropy_above_cases(
