@@ -131,5 +131,7 @@ def unpack_queue_message(value: bytes | None) -> list[tuple[str, list[dict[str, 
         items = part["items"]
         if not isinstance(key, str) or not isinstance(items, list):
             raise TypeError("a queue part needs a string collector and a list of items")
+        if not all(isinstance(item, dict) for item in items):
+            raise TypeError(f"the items of collector {key} must be JSON objects")
         pairs.append((key, items))
     return pairs

@@ -229,6 +229,9 @@ def test_unpack_reads_packed_form_in_order() -> None:
         (b'{"batches": {"collector": "u/a/c", "items": []}}', TypeError),
         (b'{"batches": [["collector"]]}', TypeError),
         (b'{"batches": [{"collector": "u/a/c", "items": 3}]}', TypeError),
+        (b'{"collector": "u/a/c", "items": [1]}', TypeError),
+        (b'{"collector": "u/a/c", "items": [{"id": "1"}, null]}', TypeError),
+        (b'{"batches": [{"collector": "u/a/c", "items": [[]]}]}', TypeError),
         # A broken part after a valid one fails the whole message.
         (b'{"batches": [{"collector": "u/a/c", "items": []}, {}]}', KeyError),
     ],
