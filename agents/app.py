@@ -270,7 +270,9 @@ def create_app(
             if _set_fetch_max_wait(app, settings.fetch_max_wait_ms) is not None:
                 return
             await asyncio.sleep(0.1)
-        logger.warning("the consumer did not start within 60 s; fetch wait unchanged")
+        logger.warning(
+            "the consumer did not start within 60 s, so its fetch wait stays at 1.5 s"
+        )
 
     @app.task
     async def follow_configuration() -> None:

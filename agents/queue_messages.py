@@ -34,7 +34,7 @@ MESSAGE_ENVELOPE_BYTES = len(b'{"batches":[]}')
 @dataclass(frozen=True, slots=True)
 class QueueMessage:
     partition: int
-    # The collector's key when the message holds one collector, else None.
+    # The collector's key when the message contains one collector, else None.
     key: bytes | None
     value: bytes
 
@@ -48,7 +48,7 @@ class QueuePacker:
         self._partition_of: dict[str, int] = {}
 
     def partition(self, key: str) -> int:
-        """The partition Kafka's default partitioner picks for this key."""
+        """Return the partition that Kafka's default partitioner picks for this key."""
         partition = self._partition_of.get(key)
         if partition is None:
             if len(self._partition_of) >= PARTITION_CACHE_MAX:

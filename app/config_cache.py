@@ -135,9 +135,9 @@ class ConfigCache:
         workflows: dict[tuple[str, str, str], Workflow] = {}
         relations: dict[AppKey, tuple[Mapping[str, Any], ...]] = {}
         for (user_id, app_id), app_records in records_by_app.items():
-            wanted = _workflow_ids(app_records)
+            workflow_ids = _workflow_ids(app_records)
             for workflow_id, workflow in (
-                await self._store.get_workflows(user_id, app_id, wanted)
+                await self._store.get_workflows(user_id, app_id, workflow_ids)
             ).items():
                 workflows[(user_id, app_id, workflow_id)] = workflow
             relations[(user_id, app_id)] = await self._load_relations(user_id, app_id)

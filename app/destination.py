@@ -210,7 +210,7 @@ def _interpret(
     if code == MIXED_STATUS and _only_present_or_success(document):
         return _count_inputs(document, 0)
 
-    message = f"POST {url} answered HTTP {http_status}, status {code}: {description}"
+    message = f"POST {url} returned HTTP {http_status}, status {code}: {description}"
     retriable = http_status >= 500 or http_status in RETRIABLE_HTTP_STATUSES
     raise DeliveryError(
         message,

@@ -445,8 +445,8 @@ def test_compile_workflow_invalid_shape(workflow: Any, message: str) -> None:
     assert str(error.value) == message
 
 
-# One-node workflows of each operator that reads no context, as the route step's
-# fast path sees them.
+# One-node workflows of each operator that reads no context, which the route step
+# runs as predicates.
 CONTEXT_FREE_NODES = [
     ("max-probability-below", {"threshold": 0.6}, None),
     ("min-probability-above", {"threshold": 0.3}, None),
