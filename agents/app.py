@@ -34,6 +34,7 @@ import faust
 import orjson
 from faust.types import EventT, StreamT
 
+from agents.consumer import use_lean_consumer
 from agents.dead_letters import DeadLetterWriter
 from agents.delivery import Deliverer, FailedDelivery
 from agents.errors import INFRASTRUCTURE_ERRORS
@@ -86,6 +87,8 @@ def create_app(
         web_port=settings.worker_web_port,
         web_in_thread=False,
     )
+    if settings.consumer == "lean":
+        use_lean_consumer(app)
     predictions = app.topic(
         settings.input_topic,
         key_serializer="raw",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -78,6 +79,11 @@ class Settings(BaseSettings):
     # default of 1.5 s delays records on the other topics by as much).
     fetch_max_wait_ms: int = Field(
         100, validation_alias="COLLECTORS_FETCH_MAX_WAIT_MS", ge=1
+    )
+    # "lean" hands fetched messages to the streams without a task per message
+    # (agents/consumer.py); "faust" keeps faust-streaming's own consumer.
+    consumer: Literal["lean", "faust"] = Field(
+        "lean", validation_alias="COLLECTORS_CONSUMER"
     )
     worker_web_port: int = Field(6066, validation_alias="COLLECTORS_WORKER_WEB_PORT")
     route_batch_max: int = Field(500, validation_alias="COLLECTORS_ROUTE_BATCH_MAX")

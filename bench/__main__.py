@@ -212,7 +212,9 @@ async def _run(
     )
     try:
         _say("measuring the Faust floor (an agent that only decodes)")
-        faust_floor = await measure_faust_floor(ctx)
+        faust_floor = await measure_faust_floor(ctx, "lean")
+        _say("measuring the Faust floor with faust-streaming's own consumer")
+        faust_floor_stock = await measure_faust_floor(ctx, "faust")
         runs, latency = await _measure_workers(
             ctx,
             plan,
@@ -247,6 +249,7 @@ async def _run(
         "raw": raw,
         "raw_runs": raw_runs,
         "faust_floor": faust_floor,
+        "faust_floor_stock_consumer": faust_floor_stock,
         "stage_one": runs,
         "latency": latency,
         "speed_up_two_workers": two["predictions_per_s"]

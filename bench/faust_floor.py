@@ -1,10 +1,11 @@
 """The Faust floor: a take_events agent that only decodes each event with orjson.
 
 Run as `python -m bench.faust_floor worker` with BENCH_TOPIC, BENCH_GROUP,
-BENCH_EVENTS and BENCH_DATA_DIR set. It reads the topic with the consumer
-settings of the worker (agents/app.py) and prints one line
-`RESULT events=<n> predictions=<n> seconds=<s>` for the events after its first
-batch, once it has seen BENCH_EVENTS events. It measures how much of the gap
+BENCH_EVENTS and BENCH_DATA_DIR set, and BENCH_CONSUMER set to "lean" for the
+worker's consumer (agents/consumer.py) or "faust" for faust-streaming's own. It
+reads the topic with the consumer settings of the worker (agents/app.py) and prints
+one line `RESULT events=<n> predictions=<n> seconds=<s>` for the events after its
+first batch, once it has seen BENCH_EVENTS events. It measures how much of the gap
 between the raw consumer rate and stage one is Faust's own cost per message.
 """
 
@@ -18,6 +19,7 @@ from typing import Any
 import faust
 import orjson
 
+from agents.consumer import use_lean_consumer
 from app.settings import Settings
 from bench.kafka_io import worker_fetch_bytes
 
@@ -34,6 +36,8 @@ app = faust.App(
     web_enabled=False,
     datadir=os.environ["BENCH_DATA_DIR"],
 )
+if os.environ.get("BENCH_CONSUMER", "lean") == "lean":
+    use_lean_consumer(app)
 topic = app.topic(
     os.environ["BENCH_TOPIC"], key_serializer="raw", value_serializer="raw"
 )

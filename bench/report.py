@@ -38,6 +38,10 @@ def table(result: dict[str, Any]) -> str:
             f"{result['faust_floor']['predictions_per_s']:,.0f}",
         ),
         _line(
+            "    the same, faust-streaming's consumer, pred/s",
+            _rate(result.get("faust_floor_stock_consumer")),
+        ),
+        _line(
             "(b) stage one, 1 worker, predictions/s",
             f"{main_run['predictions_per_s']:,.0f}",
         ),
@@ -101,3 +105,9 @@ def save(result: dict[str, Any], directory: Path) -> Path:
     path = directory / f"{stamp}{suffix}.json"
     path.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
     return path
+
+
+def _rate(run: dict[str, float] | None) -> str:
+    """Format a run's predictions per second; results from before a measure
+    existed have no such run."""
+    return "not measured" if run is None else f"{run['predictions_per_s']:,.0f}"

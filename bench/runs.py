@@ -232,9 +232,10 @@ def _fill_rates(
 # --- the Faust floor -----------------------------------------------------------------
 
 
-async def measure_faust_floor(ctx: Context) -> dict[str, float]:
-    """Run bench/faust_floor.py on the pre-filled topic and return its rate."""
-    group = f"{ctx.prefix}-faust-floor"
+async def measure_faust_floor(ctx: Context, consumer: str) -> dict[str, float]:
+    """Run bench/faust_floor.py on the pre-filled topic with the "lean" or the
+    "faust" consumer and return its rate."""
+    group = f"{ctx.prefix}-faust-floor-{consumer}"
     environment = {
         **os.environ,
         "KAFKA_BOOTSTRAP_SERVERS": ctx.bootstrap,
@@ -242,6 +243,7 @@ async def measure_faust_floor(ctx: Context) -> dict[str, float]:
         "BENCH_GROUP": group,
         "BENCH_EVENTS": str(ctx.topic.events),
         "BENCH_DATA_DIR": str(ctx.log_dir / f"{group}-data"),
+        "BENCH_CONSUMER": consumer,
     }
     process = ChildProcess(
         [sys.executable, "-m", "bench.faust_floor", "worker", "-l", "warn"],

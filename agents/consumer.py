@@ -1,0 +1,131 @@
+"""A Kafka consumer for Faust that hands most messages to the streams without
+creating tasks.
+
+faust-streaming's consumer passes every fetched message to the conductor inside
+`Service.wait_first`, racing the hand-over against the flow being suspended for a
+rebalance. That creates four tasks and an `asyncio.wait` per message. In the
+benchmark's Faust floor, an agent that only decodes, they took a quarter of the
+time (docs/benchmarks.md). The hand-over
+can only block when a stream's buffer is full, flow control is suspended, the
+producer's buffer is over its limit or the conductor is rebuilding its index.
+`LeanConsumer` checks those first: when none holds, nothing can interrupt the
+hand-over and it is awaited directly. Otherwise the message goes through
+`wait_first` as before, so a rebalance still drops a hand-over that is waiting.
+
+Read offsets, gaps and commits are kept as Faust keeps them. `use_lean_consumer`
+installs the consumer on an app before anything has created one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any, cast
+
+import faust
+from faust.transport.consumer import CONSUMER_FETCHING
+from faust.transport.drivers import aiokafka as aiokafka_driver
+from faust.types import TP, Message
+
+logger = logging.getLogger(__name__)
+
+# Messages handed over between two yields to the event loop, as in Faust.
+YIELD_EVERY = 100
+
+
+class LeanConsumer(aiokafka_driver.Consumer):
+    """faust-streaming's aiokafka consumer with a cheaper hand-over per message."""
+
+    def _hand_over_cannot_block(self) -> Callable[[TP], bool]:
+        """Return a predicate on a partition: whether handing one of its messages
+        to the streams completes without waiting."""
+        app = self.app
+        # The conductor's index and lock are not part of its declared type.
+        conductor = cast(Any, app.topics)
+        flow_control = app.flow_control
+        producer_buffer = app.producer.buffer
+        callback_lock = conductor._tp_to_callback_lock
+        channels_of = conductor._tp_index.get
+        flow_suspended = self.suspend_flow.is_set
+
+        def cannot_block(tp: TP) -> bool:
+            if flow_suspended() or not flow_control.is_active():
+                return False
+            if callback_lock.locked():
+                return False
+            if producer_buffer.size > producer_buffer.max_messages:
+                return False
+            return not any(channel.queue.full() for channel in channels_of(tp, ()))
+
+        return cannot_block
+
+    async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover
+        # Faust's Fetcher service runs this until the consumer or the fetcher
+        # stops. It does what faust.transport.consumer.Consumer._drain_messages
+        # does, except for how a message is handed over.
+        callback = self.callback
+        read_offsets = self._read_offset
+        commit_every = self._commit_every
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        cannot_block = self._hand_over_cannot_block()
+        consumer_stopped = self._stopped.is_set
+        fetcher_stopped = fetcher._stopped.is_set
+        since_yield = 0
+        try:
+            while not (consumer_stopped() or fetcher_stopped()):
+                self.diag.set_flag(CONSUMER_FETCHING)
+                messages = cast(AsyncIterator[Any], self.getmany(timeout=1.0))
+                await asyncio.sleep(0)
+                if self.should_stop:
+                    continue
+                async for tp, message in messages:
+                    since_yield += 1
+                    if since_yield > YIELD_EVERY:
+                        since_yield = 0
+                        await asyncio.sleep(0)
+                    offset = message.offset
+                    read_offset = read_offsets[tp]
+                    if read_offset is not None and offset < read_offset:
+                        continue
+                    if (
+                        read_offset
+                        and offset - read_offset > 1
+                        and acks_enabled_for(message.topic)
+                    ):
+                        await self._add_gap(tp, read_offset + 1, offset)
+                    if commit_every is not None and self._n_acked >= commit_every:
+                        self._n_acked = 0
+                        await self.commit()
+                    await self._hand_over(callback, message, cannot_block(tp))
+                    read_offsets[tp] = offset
+                self.diag.unset_flag(CONSUMER_FETCHING)
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                logger.info("the broker stopped the consumer while the app stops")
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.transport.app.should_stop:
+                return
+            raise
+        finally:
+            self.diag.unset_flag(CONSUMER_FETCHING)
+
+    async def _hand_over(
+        self, callback: Any, message: Message, cannot_block: bool
+    ) -> None:
+        if cannot_block:
+            await callback(message)
+        else:
+            await self.wait_first(callback(message), self.suspend_flow.wait())
+
+
+class LeanTransport(aiokafka_driver.Transport):
+    Consumer = LeanConsumer
+
+
+def use_lean_consumer(app: faust.App) -> None:
+    """Make `app` create a `LeanConsumer`. Call it before the app's consumer
+    exists, that is, before the worker starts."""
+    app.transport = LeanTransport(app.conf.broker_consumer, app)

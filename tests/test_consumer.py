@@ -1,0 +1,98 @@
+"""The lean consumer (agents/consumer.py): the conditions for handing a message
+over directly, and a worker whose stream buffers fill up during a rebalance,
+which must lose no input and post none twice."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import faust
+import pytest
+from faust.transport.drivers.aiokafka import Consumer as FaustConsumer
+from faust.types import TP
+
+from agents.consumer import LeanConsumer, use_lean_consumer
+from agents.worker import build_worker_app
+from app.settings import Settings
+from tests.conftest import KAFKA
+from tests.fault_fixtures import Scenario, assert_alive, scenario_with_private_redis
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"), [("lean", LeanConsumer), ("faust", FaustConsumer)]
+)
+def test_consumer_setting_picks_consumer_class(setting: str, expected: type) -> None:
+    settings = Settings(COLLECTORS_CONSUMER=setting, COLLECTORS_GROUP="consumer-kind")
+    app = build_worker_app(settings)
+    assert type(app.consumer) is expected
+
+
+async def test_direct_hand_over_conditions() -> None:
+    app = faust.App(
+        "lean-hand-over",
+        broker="kafka://127.0.0.1:1",
+        stream_buffer_maxsize=3,
+        web_enabled=False,
+    )
+    use_lean_consumer(app)
+    topic = app.topic("lean-hand-over", value_serializer="raw")
+    tp = TP("lean-hand-over", 0)
+    app.topics._tp_index[tp].add(topic)
+    consumer = app.consumer
+    assert isinstance(consumer, LeanConsumer)
+    cannot_block = consumer._hand_over_cannot_block()
+
+    # Faust starts with flow control suspended until the first assignment.
+    assert cannot_block(tp) is False
+    app.flow_control.resume()
+    assert cannot_block(tp) is True
+    # A partition that no stream reads has no buffer to fill.
+    assert cannot_block(TP("lean-hand-over", 1)) is True
+
+    consumer.suspend_flow.set()
+    assert cannot_block(tp) is False
+    consumer.suspend_flow.clear()
+
+    async with app.topics._tp_to_callback_lock:
+        assert cannot_block(tp) is False
+
+    queue = topic.queue
+    while not queue.full():
+        queue.put_nowait(object())
+    assert cannot_block(tp) is False
+    queue.get_nowait()
+    assert cannot_block(tp) is True
+
+
+@pytest.fixture
+def scenario(services: None, tmp_path: Path, unique_name: str) -> Iterator[Scenario]:
+    with scenario_with_private_redis(tmp_path, unique_name, KAFKA) as (scenario, _):
+        yield scenario
+
+
+@pytest.mark.slow
+async def test_full_stream_buffers_during_rebalance_lose_nothing(
+    scenario: Scenario,
+) -> None:
+    # Batches of 2 give each stream a buffer of 4 messages, so the consumer finds
+    # it full most of the time and hands over through wait_first, also while the
+    # second worker's join moves partitions.
+    small_buffers = {
+        "COLLECTORS_ROUTE_BATCH_MAX": "2",
+        "COLLECTORS_DELIVER_BATCH_MAX": "2",
+    }
+    await scenario.create_topics()
+    await scenario.add_collectors()
+    first = scenario.worker("first", **small_buffers).start()
+    publisher = scenario.publisher(count=1200, rate=100).start()
+
+    await scenario.wait_for_progress(200, [first], "inputs before the join")
+    second = scenario.worker("second", **small_buffers).start()
+    members = await scenario.wait_for_members(2, [first, second])
+    assert all(members.values())
+    assert_alive(first, second)
+
+    await scenario.finish(
+        "full buffers, second worker joins", publisher, [first, second]
+    )
