@@ -29,7 +29,6 @@ from app.models import (
     output_fields,
 )
 from rules.context import EvalContext
-from rules.sampling import fraction_from_digest
 from rules.uncertainty import metadata_value, sticky_fraction
 from rules.workflow import WorkflowResult
 
@@ -65,6 +64,8 @@ class _Candidate(NamedTuple):
 
     output: dict[str, Any]
     input_id: str
+    # The input id in UTF-8, encoded once for the sample decisions.
+    input_id_bytes: bytes
     version_id: str
     failed: bool
 
@@ -121,7 +122,13 @@ class Router:
             if not snapshot.by_source.get(fields.source_key):
                 totals["outputs_skipped_status" if failed else "outputs_unwatched"] += 1
                 continue
-            candidate = _Candidate(output, fields.input_id, fields.version_id, failed)
+            candidate = _Candidate(
+                output,
+                fields.input_id,
+                fields.input_id.encode(),
+                fields.version_id,
+                failed,
+            )
             candidates_by_source.setdefault(fields.source_key, []).append(candidate)
         return candidates_by_source
 
@@ -198,7 +205,8 @@ class Router:
         # By input id, a fraction of 1 keeps every input (sample fractions are
         # below 1), so the hashing is skipped.
         samples = fraction > 0.0 and (fraction < 1.0 or not by_input_id)
-        seed_prefix = view.key + "/"
+        seed_prefix = view.sample_seed_prefix
+        sample_limit = view.sample_limit
         workflow = view.pre_queue
         fast_step = workflow.context_free_step if workflow is not None else None
         remote = view.pre_queue_is_remote
@@ -210,9 +218,8 @@ class Router:
                 if by_input_id:
                     # keep_random_sample(view.key, input_id, fraction), inlined
                     # because it runs for every collector and output.
-                    seed = (seed_prefix + candidate.input_id).encode()
-                    digest = hashlib.sha256(seed).digest()
-                    in_sample = fraction_from_digest(digest) < fraction
+                    seed = seed_prefix + candidate.input_id_bytes
+                    in_sample = hashlib.sha256(seed).digest() < sample_limit
                 else:
                     in_sample = _keep_sticky_sample(view, output["input"], fraction)
                 if not in_sample:

@@ -27,6 +27,7 @@ from app.models import CollectorRecord, ConceptRelation, Workflow
 from app.security import SecretBox
 from app.store import Store
 from rules.errors import RuleConfigError
+from rules.sampling import digest_limit
 from rules.stateful import StatefulRule, stateful_rules
 from rules.workflow import CompiledWorkflow, compile_workflow
 
@@ -49,6 +50,17 @@ class CollectorView:
     broken_reason: str = ""
     # Quota and dedupe nodes of both workflows, applied right before posting.
     stateful_rules: tuple[StatefulRule, ...] = ()
+    # The random sample by input id, prepared for stage one: an input is kept when
+    # sha256(sample_seed_prefix + input id).digest() < sample_limit (see
+    # rules/sampling.py).
+    sample_seed_prefix: bytes = field(init=False)
+    sample_limit: bytes = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sample_seed_prefix", f"{self.key}/".encode())
+        object.__setattr__(
+            self, "sample_limit", digest_limit(self.record.pre_queue_random_sample)
+        )
 
     @property
     def pre_queue_is_remote(self) -> bool:

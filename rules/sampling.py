@@ -26,6 +26,30 @@ def fraction_from_digest(digest: bytes) -> float:
     return fraction if fraction < 1.0 else _MAX_FRACTION
 
 
+def digest_limit(keep_fraction: float) -> bytes:
+    """Return the bytes `limit` for which `digest < limit` is true exactly when
+    `fraction_from_digest(digest) < keep_fraction`, for any SHA-256 digest.
+
+    Bytes of equal length compare as big-endian integers, so the limit is the
+    smallest 8-byte prefix that is not kept. A digest with that prefix is longer
+    than the limit and so compares greater. The stage-one loop compares digests
+    with it instead of converting each one to a float.
+    """
+    if keep_fraction <= 0.0:
+        return b""
+    low, high = 0, 2**64
+    while low < high:
+        middle = (low + high) // 2
+        if fraction_from_digest(middle.to_bytes(8, "big")) < keep_fraction:
+            low = middle + 1
+        else:
+            high = middle
+    if low == 2**64:
+        # Every digest is kept, so the limit is above every 32-byte digest.
+        return b"\xff" * 33
+    return low.to_bytes(8, "big")
+
+
 def sample_fraction(seed: str) -> float:
     """Return a fraction in [0, 1) derived from the SHA-256 digest of the UTF-8 seed."""
     return fraction_from_digest(hashlib.sha256(seed.encode()).digest())

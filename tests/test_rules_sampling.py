@@ -6,7 +6,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rules.sampling import fraction_from_digest, keep_random_sample, sample_fraction
+from rules.sampling import (
+    digest_limit,
+    fraction_from_digest,
+    keep_random_sample,
+    sample_fraction,
+)
 
 
 def reference_fraction(seed: str) -> float:
@@ -101,3 +106,37 @@ def test_keep_random_sample_kept_share(
         for input_id in input_ids
     )
     assert abs(kept / len(input_ids) - keep_fraction) <= 0.02
+
+
+@given(
+    st.floats(min_value=-1.0, max_value=2.0, allow_nan=False),
+    st.binary(min_size=32, max_size=32),
+)
+def test_digest_limit_agrees_with_fraction_comparison(
+    keep_fraction: float, digest: bytes
+) -> None:
+    limit = digest_limit(keep_fraction)
+    assert (digest < limit) == (fraction_from_digest(digest) < keep_fraction)
+
+
+@pytest.mark.parametrize(
+    "keep_fraction", [1e-300, 2**-64, 0.1, 0.5, 1 / 3, math.nextafter(1.0, 0.0)]
+)
+def test_digest_limit_boundary_prefixes(keep_fraction: float) -> None:
+    # The prefixes on either side of the limit are where a wrong limit shows.
+    limit = digest_limit(keep_fraction)
+    boundary = int.from_bytes(limit, "big")
+    for prefix in (boundary - 1, boundary, boundary + 1):
+        if 0 <= prefix < 2**64:
+            digest = prefix.to_bytes(8, "big") + bytes(24)
+            expected = fraction_from_digest(digest) < keep_fraction
+            assert (digest < limit) == expected, prefix
+
+
+@pytest.mark.parametrize(
+    ("keep_fraction", "kept"), [(0.0, False), (-0.5, False), (1.0, True), (1.5, True)]
+)
+def test_digest_limit_keeps_none_or_all(keep_fraction: float, kept: bool) -> None:
+    limit = digest_limit(keep_fraction)
+    for digest in (bytes(32), b"\xff" * 32, hashlib.sha256(b"x").digest()):
+        assert (digest < limit) is kept
