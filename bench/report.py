@@ -46,6 +46,10 @@ def table(result: dict[str, Any]) -> str:
             f"{main_run['predictions_per_s']:,.0f}",
         ),
         _line(
+            "    both stages keep up with, 1 worker, pred/s",
+            f"{main_run.get('end_to_end_predictions_per_s', 0.0):,.0f}",
+        ),
+        _line(
             "    stage one, 2 workers, predictions/s",
             f"{two['predictions_per_s']:,.0f}",
         ),

@@ -46,6 +46,8 @@ class ResourceSample:
     events: int
     cpu_s: dict[str, float]
     redis_calls: int
+    # Inputs the destination has received since it started.
+    posted_inputs: int = 0
 
 
 @dataclass
@@ -67,6 +69,11 @@ class StageOneResult:
     redis_commands: int = 0
     redis_commands_per_event: float = 0.0
     redis_commands_per_s: float = 0.0
+    # Inputs the destination received in the window, per second, and the
+    # predictions a second that both stages sustain: stage one's rate, capped by
+    # the rate at which stage two posts what stage one enqueues.
+    posted_inputs_per_s: float = 0.0
+    end_to_end_predictions_per_s: float = 0.0
     cores_used: dict[str, float] = field(default_factory=dict)
     totals: dict[str, int] = field(default_factory=dict)
 
@@ -146,6 +153,12 @@ async def measure_stage_one(
     if outputs:
         result.items_per_prediction = enqueued / outputs
         result.survival = enqueued / (outputs * matched) if matched else 0.0
+    result.end_to_end_predictions_per_s = result.predictions_per_s
+    if result.items_per_prediction > 0 and "deliver" in ",".join(stages):
+        result.end_to_end_predictions_per_s = min(
+            result.predictions_per_s,
+            result.posted_inputs_per_s / result.items_per_prediction,
+        )
     return result
 
 
@@ -159,11 +172,15 @@ async def _follow_commits(
     until the end of the topic or of the measurement window."""
     total = ctx.topic.predictions
     pids = service_pids(ctx)
+    destination = httpx.AsyncClient(base_url=ctx.destination_url)
     samples: list[ResourceSample] = []
     stable = False
     last = -1
     deadline = time.monotonic() + RUN_TIMEOUT_S
-    async with GroupProgress(ctx.bootstrap, group.group, ctx.topic.name) as progress:
+    async with (
+        GroupProgress(ctx.bootstrap, group.group, ctx.topic.name) as progress,
+        destination,
+    ):
         while True:
             group.check_alive()
             if time.monotonic() > deadline:
@@ -182,6 +199,7 @@ async def _follow_commits(
                         events=ctx.topic.events_before(committed),
                         cpu_s=cpu_snapshot(group, pids),
                         redis_calls=await redis_calls(redis_client),
+                        posted_inputs=await _posted_inputs(destination),
                     )
                 )
                 last = done
@@ -192,6 +210,11 @@ async def _follow_commits(
             if done >= total or window_done:
                 return samples
             await asyncio.sleep(POLL_INTERVAL_S)
+
+
+async def _posted_inputs(destination: httpx.AsyncClient) -> int:
+    stats = orjson.loads((await destination.get("/stats")).content)
+    return int(stats["inputs"])
 
 
 async def _group_stable(admin: AIOKafkaAdminClient, group: str, members: int) -> bool:
@@ -226,6 +249,7 @@ def _fill_rates(
     result.redis_commands = last.redis_calls - first.redis_calls
     result.redis_commands_per_event = result.redis_commands / events if events else 0.0
     result.redis_commands_per_s = result.redis_commands / window_s
+    result.posted_inputs_per_s = (last.posted_inputs - first.posted_inputs) / window_s
     result.cores_used = cores_used(first.cpu_s, last.cpu_s, window_s)
 
 
