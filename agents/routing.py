@@ -68,6 +68,10 @@ class _Candidate(NamedTuple):
     input_id_bytes: bytes
     version_id: str
     failed: bool
+    # The output's data, and whether any of its fields has content, checked once
+    # for all the collectors that judge it.
+    data: dict[str, Any]
+    has_data: bool
 
 
 class Router:
@@ -122,12 +126,15 @@ class Router:
             if not snapshot.by_source.get(fields.source_key):
                 totals["outputs_skipped_status" if failed else "outputs_unwatched"] += 1
                 continue
+            data = output.get("data") or {}
             candidate = _Candidate(
                 output,
                 fields.input_id,
                 fields.input_id.encode(),
                 fields.version_id,
                 failed,
+                data,
+                any(data.values()),
             )
             candidates_by_source.setdefault(fields.source_key, []).append(candidate)
         return candidates_by_source
@@ -209,9 +216,10 @@ class Router:
         sample_limit = view.sample_limit
         workflow = view.pre_queue
         fast_step = workflow.context_free_step if workflow is not None else None
+        fast_node_id, fast_passes = fast_step if fast_step is not None else ("", None)
         remote = view.pre_queue_is_remote
         items: list[dict[str, Any]] = []
-        dropped_sample = dropped_pre_queue = 0
+        dropped_sample = dropped_pre_queue = dropped_fast_step = 0
         for candidate in matched:
             output = candidate.output
             if samples:
@@ -226,14 +234,11 @@ class Router:
                     dropped_sample += 1
                     continue
             deferred = remote and not candidate.failed
-            if fast_step is not None and not deferred and not candidate.failed:
+            if fast_passes is not None and not deferred and not candidate.failed:
                 # A one-node workflow whose operator reads no context: the same
                 # outcome as workflow.run, without building a context and a result.
-                data = output.get("data") or {}
-                node_id, passes = fast_step
-                if not any(data.values()) or not passes(data):
-                    dropped_pre_queue += 1
-                    self.stats.rule_drops[(view.key, node_id)] += 1
+                if not candidate.has_data or not fast_passes(candidate.data):
+                    dropped_fast_step += 1
                     continue
             elif workflow is not None and not deferred and not candidate.failed:
                 context = EvalContext(
@@ -242,7 +247,7 @@ class Router:
                     relations=view.relations,
                     collector_key=view.key,
                 )
-                outcome = workflow.run(output.get("data") or {}, context)
+                outcome = workflow.run(candidate.data, context)
                 if not outcome.passed:
                     dropped_pre_queue += 1
                     self.stats.rule_drops[(view.key, _dropping_node(outcome))] += 1
@@ -256,6 +261,9 @@ class Router:
         # Only steps that happened are counted, as adding 0 would create the key.
         if dropped_sample:
             funnel["dropped_random_sample"] += dropped_sample
+        if dropped_fast_step:
+            self.stats.rule_drops[(view.key, fast_node_id)] += dropped_fast_step
+            dropped_pre_queue += dropped_fast_step
         if dropped_pre_queue:
             funnel["dropped_pre_queue"] += dropped_pre_queue
         if items:
