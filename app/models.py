@@ -327,17 +327,23 @@ class Text(BaseModel):
 MAX_METADATA_DEPTH = 64
 
 
-def nesting_exceeds(value: Any, limit: int) -> bool:
-    """Return whether JSON objects and arrays in `value` nest deeper than `limit`."""
-    stack = [(value, 1)]
-    while stack:
-        current, depth = stack.pop()
-        if depth > limit:
+_CONTAINERS = (dict, list)
+
+
+def nesting_exceeds(value: dict[str, Any] | list[Any], limit: int) -> bool:
+    """Return whether JSON objects and arrays in `value`, itself an object or an
+    array at level 1, nest deeper than `limit`."""
+    return _nests_deeper(value, limit - 1)
+
+
+def _nests_deeper(container: dict[str, Any] | list[Any], levels_left: int) -> bool:
+    # The recursion stops one level below the limit, however deep the value nests.
+    if levels_left < 0:
+        return True
+    children = container.values() if isinstance(container, dict) else container
+    for child in children:
+        if isinstance(child, _CONTAINERS) and _nests_deeper(child, levels_left - 1):
             return True
-        children = current.values() if isinstance(current, dict) else current
-        for child in children:
-            if isinstance(child, dict | list):
-                stack.append((child, depth + 1))
     return False
 
 

@@ -121,3 +121,26 @@ def test_concept_without_value_accepted() -> None:
     fields = output_fields(document)
 
     assert fields.input_id == "in-1"
+
+
+def _nested_metadata(levels: int) -> dict[str, Any]:
+    """Return metadata whose objects and arrays nest `levels` deep, alternating."""
+    value: Any = "leaf"
+    for level in range(levels - 1):
+        value = [value] if level % 2 else {"next": value}
+    return {"top": value} if levels > 1 else {"top": "leaf"}
+
+
+@pytest.mark.parametrize("levels", [1, 2, 63, 64])
+def test_metadata_at_depth_limit_accepted(levels: int) -> None:
+    document = changed("input.data.metadata", _nested_metadata(levels))
+    assert fast_output_fields(document) is not None
+    assert output_fields(document).input_id == "in-1"
+
+
+@pytest.mark.parametrize("levels", [65, 66, 500])
+def test_metadata_past_depth_limit_rejected(levels: int) -> None:
+    document = changed("input.data.metadata", _nested_metadata(levels))
+    assert fast_output_fields(document) is None
+    with pytest.raises(ValidationError, match="nested more than 64 levels"):
+        output_fields(document)
