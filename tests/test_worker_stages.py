@@ -1,10 +1,14 @@
-"""COLLECTORS_WORKER_STAGES: which agents a worker runs."""
+"""COLLECTORS_WORKER_STAGES: which agents a worker runs. Also the heap freeze that
+every worker does once its configuration is loaded."""
 
 from __future__ import annotations
+
+import gc
 
 import pytest
 from pydantic import ValidationError
 
+from agents.app import freeze_heap
 from agents.worker import build_worker_app
 from app.settings import Settings
 
@@ -32,3 +36,16 @@ def test_stages_select_agents(stages: str, expected: set[str]) -> None:
 def test_invalid_stages_rejected(stages: str) -> None:
     with pytest.raises(ValidationError, match="expected a comma-separated list"):
         Settings(COLLECTORS_WORKER_STAGES=stages)
+
+
+def test_freeze_heap_hides_objects_from_gc() -> None:
+    long_lived = [[number] for number in range(1000)]
+    try:
+        frozen = freeze_heap()
+        assert frozen >= len(long_lived)
+        assert gc.get_freeze_count() == frozen
+        # Collections no longer see frozen objects.
+        assert not any(item is long_lived[0] for item in gc.get_objects())
+    finally:
+        gc.unfreeze()
+    assert gc.get_freeze_count() == 0
