@@ -216,7 +216,7 @@ async def _run(
         faust_floor = await measure_faust_floor(ctx, "lean")
         _say("measuring the Faust floor with faust-streaming's own consumer")
         faust_floor_stock = await measure_faust_floor(ctx, "faust")
-        runs, latency = await _measure_workers(
+        runs, latency, latency_quarter = await _measure_workers(
             ctx,
             plan,
             main_configuration,
@@ -253,6 +253,7 @@ async def _run(
         "faust_floor_stock_consumer": faust_floor_stock,
         "stage_one": runs,
         "latency": latency,
+        "latency_quarter_load": latency_quarter,
         "speed_up_two_workers": two["predictions_per_s"]
         / main_run["predictions_per_s"],
         "ratio_split": split["predictions_per_s"] / raw["predictions_per_s"],
@@ -267,9 +268,10 @@ async def _measure_workers(
     quantiles: dict[str, collectors.ModelQuantiles],
     templates: list[dict[str, Any]],
     success_by_model: list[int],
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Run the main configuration (one worker, two workers, latency), then the
-    scaling configurations; return the stage-one runs and the latency run."""
+) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+    """Run the main configuration (one worker, two workers, latency at half and
+    at a quarter load), then the scaling configurations; return the stage-one
+    runs and the two latency runs."""
 
     def matched(collector_count: int) -> float:
         watched = min(collector_count, dataset.WATCHED_MODELS)
@@ -305,6 +307,19 @@ async def _measure_workers(
     latency = await measure_latency(
         ctx, templates, rate, plan.latency_duration_s, plan.latency_warm_up_s
     )
+    # Live events arrive a few at a time, so batches are small and one worker
+    # costs more per prediction than on the backlog above. A second run at a
+    # quarter of the rate shows the latency of a worker that is not near full.
+    quarter = rate / 2
+    _say(f"latency at {quarter:.0f} predictions/s for {plan.latency_duration_s:.0f} s")
+    latency_quarter = await measure_latency(
+        ctx,
+        templates,
+        quarter,
+        plan.latency_duration_s,
+        plan.latency_warm_up_s,
+        topic_suffix="live-quarter",
+    )
 
     for collector_count, survival in plan.scaling:
         if (collector_count, survival) == main_configuration:
@@ -315,7 +330,7 @@ async def _measure_workers(
             ctx, collector_count, survival, 1, matched(collector_count)
         )
         runs.append(run.as_dict())
-    return runs, latency.as_dict()
+    return runs, latency.as_dict(), latency_quarter.as_dict()
 
 
 def _load_events(count: int) -> list[bytes]:

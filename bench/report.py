@@ -62,6 +62,7 @@ def table(result: dict[str, Any]) -> str:
         ),
         _line(f"(c) latency p50 at {offered}, ms", f"{latency['p50_ms']:,.1f}"),
         _line("    latency p99, ms", f"{latency['p99_ms']:,.1f}"),
+        *_quarter_load_lines(result.get("latency_quarter_load")),
         _line("(d) worker peak RSS, MiB", f"{rss_mib:,.0f}"),
         _line(
             "(e) Redis commands per event (steady state)",
@@ -115,3 +116,14 @@ def _rate(run: dict[str, float] | None) -> str:
     """Format a run's predictions per second; results from before a measure
     existed have no such run."""
     return "not measured" if run is None else f"{run['predictions_per_s']:,.0f}"
+
+
+def _quarter_load_lines(latency: dict[str, Any] | None) -> list[str]:
+    """Format the latency run at a quarter load, which older results lack."""
+    if latency is None:
+        return []
+    offered = f"{latency['offered_predictions_per_s']:,.0f}/s"
+    return [
+        _line(f"    latency p50 at {offered}, ms", f"{latency['p50_ms']:,.1f}"),
+        _line("    latency p99, ms", f"{latency['p99_ms']:,.1f}"),
+    ]

@@ -322,6 +322,7 @@ async def measure_latency(
     rate_predictions_s: float,
     duration_s: float,
     warm_up_s: float,
+    topic_suffix: str = "live",
 ) -> LatencyResult:
     """Publish fresh events at a fixed rate of predictions per second to a new,
     empty topic that one worker reads, and collect latencies at the destination.
@@ -331,9 +332,9 @@ async def measure_latency(
     Inputs created during the warm-up are left out. The collectors must already
     be in Redis.
     """
-    topic = f"{ctx.prefix}-live"
+    topic = f"{ctx.prefix}-{topic_suffix}"
     await create_topic(ctx.bootstrap, topic)
-    group = WorkerGroup(ctx, f"{ctx.prefix}-latency", 1, topic)
+    group = WorkerGroup(ctx, f"{ctx.prefix}-latency-{topic_suffix}", 1, topic)
     result = LatencyResult(rate_predictions_s, duration_s, warm_up_s)
     admin = AIOKafkaAdminClient(bootstrap_servers=ctx.bootstrap)
     await admin.start()
