@@ -271,7 +271,10 @@ def create_app(
     async def shorten_fetch_wait() -> None:
         # The consumer thread creates its aiokafka consumer when it starts.
         for _ in range(600):
-            if _set_fetch_max_wait(app, settings.fetch_max_wait_ms) is not None:
+            tuned = _tune_fetcher(
+                app, settings.fetch_max_wait_ms, settings.fetch_min_bytes
+            )
+            if tuned is not None:
                 return
             await asyncio.sleep(0.1)
         logger.warning(
@@ -383,13 +386,16 @@ async def _dead_letter_poison(
             await asyncio.sleep(min(30.0, 0.5 * 2 ** min(attempt, 6)))
 
 
-def _set_fetch_max_wait(app: faust.App, fetch_max_wait_ms: int) -> bool | None:
-    """Set how long the broker may hold a fetch that finds no new records.
+def _tune_fetcher(
+    app: faust.App, fetch_max_wait_ms: int, fetch_min_bytes: int
+) -> bool | None:
+    """Set how long the broker may hold a fetch, and how many bytes of new records
+    complete it before that time.
 
     faust-streaming 0.15 creates its aiokafka consumer with fetch_max_wait_ms=1500
-    and has no setting for it. The worker shortens it on the consumer's fetcher, a
-    private attribute. Returns whether it was set, or None while the consumer has
-    not started yet.
+    and aiokafka's fetch_min_bytes=1, and has no setting for either. The worker
+    sets them on the consumer's fetcher, in private attributes. Returns whether
+    they were set, or None while the consumer has not started yet.
     """
     thread = getattr(app.consumer, "_thread", None)
     consumer = getattr(thread, "_consumer", None)
@@ -402,7 +408,12 @@ def _set_fetch_max_wait(app: faust.App, fetch_max_wait_ms: int) -> bool | None:
         logger.warning("cannot set the consumer's fetch wait on this aiokafka version")
         return False
     fetcher._fetch_max_wait_ms = fetch_max_wait_ms
-    logger.info("consumer fetch wait set to %d ms", fetch_max_wait_ms)
+    fetcher._fetch_min_bytes = fetch_min_bytes
+    logger.info(
+        "consumer fetch wait set to %d ms, fetch minimum to %d bytes",
+        fetch_max_wait_ms,
+        fetch_min_bytes,
+    )
     return True
 
 

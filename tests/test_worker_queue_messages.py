@@ -277,8 +277,10 @@ async def test_broken_collector_fails_alone(deployment: Deployment) -> None:
 
 async def test_worker_shortens_fetch_wait(deployment: Deployment) -> None:
     # Faust creates the consumer with a 1.5 s fetch wait; the worker lowers it to
-    # COLLECTORS_FETCH_MAX_WAIT_MS (100 ms by default) once the consumer runs.
+    # COLLECTORS_FETCH_MAX_WAIT_MS (100 ms by default) once the consumer runs, and
+    # sets the fetch minimum to COLLECTORS_FETCH_MIN_BYTES (1 by default).
     async def logged() -> bool:
-        return "consumer fetch wait set to 100 ms" in deployment.worker.log_text()
+        line = "consumer fetch wait set to 100 ms, fetch minimum to 1 bytes"
+        return line in deployment.worker.log_text()
 
     await wait_for(logged, "the worker to log its fetch wait")

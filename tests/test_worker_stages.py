@@ -1,14 +1,17 @@
 """COLLECTORS_WORKER_STAGES: which agents a worker runs. Also the heap freeze that
-every worker does once its configuration is loaded."""
+every worker does once its configuration is loaded, and the fetch settings it
+applies to Faust's consumer."""
 
 from __future__ import annotations
 
 import gc
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
-from agents.app import freeze_heap
+from agents.app import _tune_fetcher, freeze_heap
 from agents.worker import build_worker_app
 from app.settings import Settings
 
@@ -49,3 +52,28 @@ def test_freeze_heap_hides_objects_from_gc() -> None:
     finally:
         gc.unfreeze()
     assert gc.get_freeze_count() == 0
+
+
+def _app_with_fetcher(fetcher: object) -> Any:
+    """Return a stand-in for a Faust app whose consumer thread contains `fetcher`."""
+    consumer = SimpleNamespace(_fetcher=fetcher)
+    return SimpleNamespace(
+        consumer=SimpleNamespace(_thread=SimpleNamespace(_consumer=consumer))
+    )
+
+
+def test_tune_fetcher_sets_wait_and_minimum() -> None:
+    fetcher = SimpleNamespace(_fetch_max_wait_ms=1500, _fetch_min_bytes=1)
+    assert _tune_fetcher(_app_with_fetcher(fetcher), 25, 131072) is True
+    assert fetcher._fetch_max_wait_ms == 25
+    assert fetcher._fetch_min_bytes == 131072
+
+
+def test_tune_fetcher_waits_for_consumer() -> None:
+    app = SimpleNamespace(consumer=SimpleNamespace(_thread=None))
+    assert _tune_fetcher(app, 25, 131072) is None
+
+
+def test_fetch_min_bytes_must_be_positive() -> None:
+    with pytest.raises(ValidationError, match="COLLECTORS_FETCH_MIN_BYTES"):
+        Settings(COLLECTORS_FETCH_MIN_BYTES="0")
