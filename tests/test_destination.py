@@ -57,14 +57,16 @@ def server() -> Iterator[tuple[str, Script]]:
                 delay_s = script.delays_s.pop(0) if script.delays_s else 0.0
                 script.in_flight += 1
                 script.peak_in_flight = max(script.peak_in_flight, script.in_flight)
+            script.released.wait(delay_s)
+            # Stop counting before the response goes out. The client may start its
+            # next request as soon as it has the response, before this thread runs
+            # again.
+            with script.lock:
+                script.in_flight -= 1
             try:
-                script.released.wait(delay_s)
                 self._send(body, *answer)
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the client timed out and closed the connection
-            finally:
-                with script.lock:
-                    script.in_flight -= 1
 
         def _send(
             self,
