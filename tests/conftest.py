@@ -14,9 +14,13 @@ import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import redis.asyncio as redis
+
+if TYPE_CHECKING:
+    from tests.fault_fixtures import Scenario
 
 REPO = Path(__file__).resolve().parent.parent
 KAFKA = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
@@ -81,3 +85,13 @@ async def redis_url(services: None) -> AsyncIterator[str]:
 @pytest.fixture
 def unique_name() -> str:
     return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def scenario(services: None, tmp_path: Path, unique_name: str) -> Iterator[Scenario]:
+    """A fault scenario on the shared broker, with a Redis server of its own."""
+    # Imported here, because tests.fault_fixtures imports this module.
+    from tests.fault_fixtures import scenario_with_private_redis
+
+    with scenario_with_private_redis(tmp_path, unique_name, KAFKA) as (scenario, _):
+        yield scenario

@@ -58,6 +58,39 @@ async def wait_for(
     raise AssertionError(f"timed out after {deadline_s:.0f} s waiting for {what}")
 
 
+# --- HTTP servers ------------------------------------------------------------------
+
+
+class JsonHandler(BaseHTTPRequestHandler):
+    """A request handler that sends JSON responses and logs no requests."""
+
+    def send_json(self, code: int, document: Any) -> None:
+        payload = json.dumps(document).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextmanager
+def serve_http(handler_class: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """Serve `handler_class` on a free port of 127.0.0.1 from a background thread,
+    and yield the server's base URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler_class)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 # --- the destination ---------------------------------------------------------------
 
 
@@ -84,7 +117,7 @@ class Destination:
 def serve_destination() -> Iterator[Destination]:
     destination = Destination()
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(JsonHandler):
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length", 0))
             body = json.loads(self.rfile.read(length))
@@ -102,33 +135,16 @@ def serve_destination() -> Iterator[Destination]:
                     not destination.failing_apps or user_app in destination.failing_apps
                 )
                 if destination.fail_with is not None and failing:
-                    self._answer(destination.fail_with, {"status": {"code": 10020}})
+                    self.send_json(destination.fail_with, {"status": {"code": 10020}})
                     return
                 for item in body["inputs"]:
                     destination.post_counts[item["id"]] += 1
                     destination.inputs.setdefault(item["id"], {**item, "app": user_app})
-            self._answer(200, {"status": {"code": 10000}, "inputs": body["inputs"]})
+            self.send_json(200, {"status": {"code": 10000}, "inputs": body["inputs"]})
 
-        def _answer(self, code: int, document: dict[str, Any]) -> None:
-            payload = json.dumps(document).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    destination.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serve_http(Handler) as url:
+        destination.url = url
         yield destination
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 # --- the worker --------------------------------------------------------------------
@@ -364,7 +380,7 @@ def model_score(input_id: str) -> float:
 def serve_model() -> Iterator[ModelServer]:
     server_state = ModelServer()
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(JsonHandler):
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length", 0))
             body = json.loads(self.rfile.read(length))
@@ -387,22 +403,8 @@ def serve_model() -> Iterator[ModelServer]:
                     ],
                 }
                 code = 200
-            payload = json.dumps(document).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
+            self.send_json(code, document)
 
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server_state.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serve_http(Handler) as url:
+        server_state.url = url
         yield server_state
-    finally:
-        server.shutdown()
-        server.server_close()

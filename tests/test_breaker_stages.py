@@ -22,7 +22,6 @@ from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -51,10 +50,12 @@ from tests.fault_fixtures import (
 )
 from tests.harness import (
     Destination,
+    JsonHandler,
     WorkerProcess,
     end_offsets,
     group_caught_up,
     put_collector,
+    serve_http,
     settings_for,
     wait_for,
 )
@@ -100,7 +101,7 @@ class IdempotentDestination(Destination):
 def serve_idempotent_destination() -> Iterator[IdempotentDestination]:
     destination = IdempotentDestination()
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(JsonHandler):
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length", 0))
             body = json.loads(self.rfile.read(length))
@@ -131,33 +132,18 @@ def serve_idempotent_destination() -> Iterator[IdempotentDestination]:
             overall = 10000 if codes == {INPUT_CREATED} else MIXED_STATUS
             document = {"status": {"code": overall}, "inputs": statuses}
             try:
-                self._respond(200, document)
+                self.send_json(200, document)
             except OSError:
                 # The worker was killed while its POST was held.
                 pass
 
-        def _respond(self, code: int, document: dict[str, Any]) -> None:
-            payload = json.dumps(document).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    destination.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield destination
-    finally:
-        destination.release.set()
-        server.shutdown()
-        server.server_close()
+    with serve_http(Handler) as url:
+        destination.url = url
+        try:
+            yield destination
+        finally:
+            # Held POSTs return at once, so that the server can shut down.
+            destination.release.set()
 
 
 # --- the consumer group --------------------------------------------------------------

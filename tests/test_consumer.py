@@ -4,9 +4,6 @@ which must lose no input and post none twice."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import faust
 import pytest
 from faust.transport.drivers.aiokafka import Consumer as FaustConsumer
@@ -15,8 +12,7 @@ from faust.types import TP
 from agents.consumer import LeanConsumer, use_lean_consumer
 from agents.worker import build_worker_app
 from app.settings import Settings
-from tests.conftest import KAFKA
-from tests.fault_fixtures import Scenario, assert_alive, scenario_with_private_redis
+from tests.fault_fixtures import Scenario, assert_alive
 
 
 @pytest.mark.parametrize(
@@ -63,12 +59,6 @@ async def test_direct_hand_over_conditions() -> None:
     assert cannot_block(tp) is False
     queue.get_nowait()
     assert cannot_block(tp) is True
-
-
-@pytest.fixture
-def scenario(services: None, tmp_path: Path, unique_name: str) -> Iterator[Scenario]:
-    with scenario_with_private_redis(tmp_path, unique_name, KAFKA) as (scenario, _):
-        yield scenario
 
 
 @pytest.mark.slow

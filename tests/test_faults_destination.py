@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import KAFKA
 from tests.fault_fixtures import (
     OUTPUTS_PER_EVENT,
     Scenario,
     TcpGate,
     assert_alive,
     publish_events,
-    scenario_with_private_redis,
     stream_event,
 )
 from tests.harness import end_offsets, expected_input_id, wait_for
@@ -29,12 +25,6 @@ RETRY_TIMINGS = {
     "COLLECTORS_RETRY_BACKOFF_MAX_S": "3",
     "COLLECTORS_DESTINATION_GIVE_UP_S": "90",
 }
-
-
-@pytest.fixture
-def scenario(services: None, tmp_path: Path, unique_name: str) -> Iterator[Scenario]:
-    with scenario_with_private_redis(tmp_path, unique_name, KAFKA) as (scenario, _):
-        yield scenario
 
 
 @pytest.mark.slow

@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -15,13 +13,11 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
 from app.dlq import DeadLetterRecord, ReplayPosition
-from tests.conftest import KAFKA
 from tests.fault_fixtures import (
     MODEL,
     Scenario,
     assert_alive,
     publish_events,
-    scenario_with_private_redis,
 )
 from tests.harness import (
     REPO,
@@ -35,12 +31,6 @@ from tests.harness import (
     read_topic,
     wait_for,
 )
-
-
-@pytest.fixture
-def scenario(services: None, tmp_path: Path, unique_name: str) -> Iterator[Scenario]:
-    with scenario_with_private_redis(tmp_path, unique_name, KAFKA) as (scenario, _):
-        yield scenario
 
 
 async def collectors_cli(

@@ -10,19 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import KAFKA
-from tests.fault_fixtures import Scenario, assert_alive, scenario_with_private_redis
-
-
-@pytest.fixture
-def scenario(services: None, tmp_path: Path, unique_name: str) -> Iterator[Scenario]:
-    with scenario_with_private_redis(tmp_path, unique_name, KAFKA) as (scenario, _):
-        yield scenario
+from tests.fault_fixtures import Scenario, assert_alive
 
 
 @pytest.mark.slow

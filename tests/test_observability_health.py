@@ -8,9 +8,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -20,10 +18,12 @@ from app.api.server import serving
 from app.produce import EventPublisher
 from tests.conftest import KAFKA, free_port
 from tests.harness import (
+    JsonHandler,
     WorkerProcess,
     event,
     output,
     put_collector,
+    serve_http,
     settings_for,
     wait_for,
     worker_environment,
@@ -146,32 +146,21 @@ class GatedDestination:
 def serve_gated_destination() -> Iterator[GatedDestination]:
     destination = GatedDestination()
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(JsonHandler):
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length", 0))
             body = json.loads(self.rfile.read(length))
             destination.received += 1
             destination.gate.wait(60)
-            payload = json.dumps({"status": {"code": 10000}, "inputs": body["inputs"]})
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload.encode())
+            self.send_json(200, {"status": {"code": 10000}, "inputs": body["inputs"]})
 
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    destination.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield destination
-    finally:
-        destination.gate.set()
-        server.shutdown()
-        server.server_close()
+    with serve_http(Handler) as url:
+        destination.url = url
+        try:
+            yield destination
+        finally:
+            # Held POSTs return at once, so that the server can shut down.
+            destination.gate.set()
 
 
 async def test_worker_stall_fails_liveness(
