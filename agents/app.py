@@ -421,8 +421,8 @@ def freeze_heap() -> int:
     """Move every object tracked by the garbage collector into its permanent
     generation, and return how many there are.
 
-    A worker starts with about 140,000 such objects (modules, Faust, the compiled
-    configuration) that live as long as it does. Without the freeze, each full
+    A worker starts with 110,000 to 140,000 such objects (modules, Faust, the
+    compiled configuration) that live as long as it does. Without the freeze, each full
     collection walks all of them. In the benchmark's latency run (6,700
     predictions a second), full collections took 75 to 95 ms about every 4 s
     without the freeze, and at most 6 ms with it.

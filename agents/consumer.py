@@ -107,6 +107,7 @@ class LeanConsumer(aiokafka_driver.Consumer):
             raise
         except asyncio.CancelledError:
             if self.transport.app.should_stop:
+                logger.info("the fetch loop was cancelled while the app stops")
                 return
             raise
         finally:

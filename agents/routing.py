@@ -252,11 +252,7 @@ class Router:
                     dropped_pre_queue += 1
                     self.stats.rule_drops[(view.key, _dropping_node(outcome))] += 1
                     continue
-            items.append(
-                queue_item(
-                    view, event, output, candidate.input_id, pre_queue_pending=deferred
-                )
-            )
+            items.append(queue_item(view, event, candidate, pre_queue_pending=deferred))
 
         # Only steps that happened are counted, as adding 0 would create the key.
         if dropped_sample:
@@ -306,18 +302,17 @@ def _caller_matches(view: CollectorView, caller_user_id: str) -> bool:
 def queue_item(
     view: CollectorView,
     event: PredictionEvent,
-    output: dict[str, Any],
-    input_id: str,
+    candidate: _Candidate,
     pre_queue_pending: bool,
 ) -> dict[str, Any]:
     """Return what crosses the queue topic for one sampled input."""
     item: dict[str, Any] = {
-        "id": destination_input_id(view.key, event.id, input_id),
+        "id": destination_input_id(view.key, event.id, candidate.input_id),
         "event_id": event.id,
         "created_at": event.created_at.timestamp(),
-        "input": output["input"],
+        "input": candidate.output["input"],
     }
-    data = output.get("data") or {}
+    data = candidate.data
     if view.record.collect_outputs or pre_queue_pending:
         item["output_data"] = data
     concepts = data.get("concepts")

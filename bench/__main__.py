@@ -269,9 +269,11 @@ async def _measure_workers(
     templates: list[dict[str, Any]],
     success_by_model: list[int],
 ) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
-    """Run the main configuration (one worker, two workers, latency at half and
-    at a quarter load), then the scaling configurations; return the stage-one
-    runs and the two latency runs."""
+    """Run the main configuration, then the scaling configurations, and return
+    the stage-one runs and the two latency runs.
+
+    The main configuration runs one worker, two workers, and the latency at half
+    and at a quarter load."""
 
     def matched(collector_count: int) -> float:
         watched = min(collector_count, dataset.WATCHED_MODELS)

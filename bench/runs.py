@@ -69,9 +69,8 @@ class StageOneResult:
     redis_commands: int = 0
     redis_commands_per_event: float = 0.0
     redis_commands_per_s: float = 0.0
-    # Inputs the destination received in the window, per second, and the
-    # predictions a second that both stages sustain: stage one's rate, capped by
-    # the rate at which stage two posts what stage one enqueues.
+    # Inputs the destination received per second in the window. Both stages keep
+    # up with stage one's rate, capped by the rate at which stage two posts.
     posted_inputs_per_s: float = 0.0
     end_to_end_predictions_per_s: float = 0.0
     cores_used: dict[str, float] = field(default_factory=dict)
