@@ -43,6 +43,7 @@ def build_worker_app(settings: Settings) -> faust.App:
         timeout_s=settings.destination_timeout_s,
         give_up_s=settings.destination_give_up_s,
         max_in_flight=settings.destination_max_in_flight,
+        http_client=settings.http_client,
     )
     model_client = httpx.AsyncClient(timeout=settings.model_timeout_s)
     deliverer = Deliverer(

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-import aiohttp
 import orjson
+
+from app.http1 import AiohttpClient, HttpClient, HttpError
 
 logger = logging.getLogger(__name__)
 
@@ -69,30 +70,22 @@ class Destination:
         backoff_base_s: float = 0.2,
         backoff_max_s: float = 10.0,
         max_in_flight: int = 16,
+        http_client: str = "lean",
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.give_up_s = give_up_s
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
         self.max_in_flight = max_in_flight
-        self._timeout = aiohttp.ClientTimeout(
-            total=timeout_s, connect=min(timeout_s, 3.0)
-        )
+        self.timeout_s = timeout_s
         self._in_flight = asyncio.Semaphore(max_in_flight)
-        # Created on first use, because a session belongs to the running event loop.
-        self._session: aiohttp.ClientSession | None = None
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                timeout=self._timeout,
-                connector=aiohttp.TCPConnector(limit=self.max_in_flight * 2),
-            )
-        return self._session
+        client_class = AiohttpClient if http_client == "aiohttp" else HttpClient
+        self._http: HttpClient | AiohttpClient = client_class(
+            self.base_url, connect_timeout_s=min(timeout_s, 3.0)
+        )
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        await self._http.aclose()
 
     async def post_inputs(
         self,
@@ -160,30 +153,26 @@ class Destination:
     async def _post_once(
         self, user_id: str, app_id: str, key: str, chunk: Sequence[dict[str, Any]]
     ) -> tuple[int, int]:
-        url = f"{self.base_url}/v2/users/{user_id}/apps/{app_id}/inputs"
+        path = f"/v2/users/{user_id}/apps/{app_id}/inputs"
+        url = self.base_url + path
         body = orjson.dumps({"inputs": list(chunk)})
         headers = {"Authorization": f"Key {key}", "Content-Type": "application/json"}
         try:
-            async with (
-                self._in_flight,
-                self._client().post(
-                    url, data=body, headers=headers, allow_redirects=False
-                ) as response,
-            ):
-                content = await response.read()
+            async with self._in_flight:
+                response = await self._http.post(path, headers, body, self.timeout_s)
         except TimeoutError as error:
             raise DeliveryError(
-                f"timed out posting to {url}: {error!r}", retriable=True
+                f"timed out posting to {url} after {self.timeout_s} s", retriable=True
             ) from error
-        except aiohttp.ClientError as error:
+        except HttpError as error:
             raise DeliveryError(
-                f"cannot reach {url}: {error!r}", retriable=True
+                f"cannot reach {url}: {error}", retriable=True
             ) from error
         return _interpret(
             response.status,
-            response.reason or "",
-            response.headers.get("Retry-After"),
-            content,
+            response.reason,
+            response.headers.get("retry-after"),
+            response.body,
             url,
         )
 

@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.http1 import Origin
+
 MIB = 1024 * 1024
 WORKER_STAGES = ("route", "deliver")
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -89,6 +91,10 @@ class Settings(BaseSettings):
     consumer: Literal["lean", "faust"] = Field(
         "lean", validation_alias="COLLECTORS_CONSUMER"
     )
+    # The destination's HTTP client: "lean" (app/http1.py) or "aiohttp".
+    http_client: Literal["lean", "aiohttp"] = Field(
+        "lean", validation_alias="COLLECTORS_HTTP_CLIENT"
+    )
     worker_web_port: int = Field(6066, validation_alias="COLLECTORS_WORKER_WEB_PORT")
     route_batch_max: int = Field(500, validation_alias="COLLECTORS_ROUTE_BATCH_MAX")
     deliver_batch_max: int = Field(200, validation_alias="COLLECTORS_DELIVER_BATCH_MAX")
@@ -151,7 +157,14 @@ class Settings(BaseSettings):
 
     @field_validator("destination_url")
     @classmethod
-    def _strip_trailing_slash(cls, value: str) -> str:
+    def _check_destination_url(cls, value: str) -> str:
+        try:
+            Origin.parse(value)
+        except ValueError as error:
+            raise ValueError(
+                f"COLLECTORS_DESTINATION_URL is invalid: {error}; set it to the "
+                "destination API's base URL, such as http://127.0.0.1:8080"
+            ) from None
         return value.rstrip("/")
 
     @field_validator("worker_stages")

@@ -12,7 +12,17 @@ from typing import Any
 
 import pytest
 
+from app import destination as destination_module
 from app.destination import MAX_INPUTS_PER_REQUEST, DeliveryError, Destination
+from app.http1 import AiohttpClient, HttpClient
+
+
+@pytest.fixture(autouse=True, params=["lean", "aiohttp"])
+def http_client(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run every test with both HTTP clients (COLLECTORS_HTTP_CLIENT)."""
+    if request.param == "aiohttp":
+        monkeypatch.setattr(destination_module, "HttpClient", AiohttpClient)
+    return str(request.param)
 
 
 class Script:
@@ -278,3 +288,12 @@ async def test_destination_caps_requests_in_flight(
     assert script.peak_in_flight <= 4
     # The requests did run concurrently, up to the cap.
     assert script.peak_in_flight == 4
+
+
+def test_destination_uses_the_chosen_http_client(http_client: str) -> None:
+    destination = Destination("http://127.0.0.1:1")
+    expected = AiohttpClient if http_client == "aiohttp" else HttpClient
+    assert type(destination._http) is expected
+    assert type(Destination("http://127.0.0.1:1", http_client="aiohttp")._http) is (
+        AiohttpClient
+    )
