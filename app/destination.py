@@ -31,6 +31,9 @@ RETRIABLE_HTTP_STATUSES = frozenset({408, 425, 429})
 ALREADY_PRESENT_CODES = frozenset({30100, 40010})
 SUCCESS = 10000
 MIXED_STATUS = 10010
+# Per-input codes of a mixed response that count as delivered: already present,
+# success, and Clarifai's INPUT_DOWNLOAD_SUCCESS and INPUT_DOWNLOAD_PENDING.
+PRESENT_OR_SUCCESS_CODES = ALREADY_PRESENT_CODES | {SUCCESS, 30000, 30001}
 
 
 class DeliveryError(Exception):
@@ -181,23 +184,16 @@ def _interpret(
     http_status: int, reason: str, retry_after: str | None, content: bytes, url: str
 ) -> tuple[int, int]:
     """Return (posted, already present) for a response, or raise DeliveryError."""
-    try:
-        document = orjson.loads(content)
-    except orjson.JSONDecodeError:
-        document = {}
-    status = document.get("status", {}) if isinstance(document, dict) else {}
+    status, items = _status_and_items(content)
     code = status.get("code")
-    description = status.get("description", "") or reason
+    description = status.get("description") or reason
 
-    if http_status < 300 and code in (SUCCESS, None):
-        return _count_inputs(
-            document,
-            len(document.get("inputs", [])) if isinstance(document, dict) else 0,
-        )
-    if _all_present(document):
-        return 0, len(document.get("inputs", []))
-    if code == MIXED_STATUS and _only_present_or_success(document):
-        return _count_inputs(document, 0)
+    if 200 <= http_status < 300 and code in (SUCCESS, None):
+        return _count_inputs(items, len(items))
+    if code in ALREADY_PRESENT_CODES or _all_have(items, ALREADY_PRESENT_CODES):
+        return 0, len(items)
+    if code == MIXED_STATUS and _all_have(items, PRESENT_OR_SUCCESS_CODES):
+        return _count_inputs(items, 0)
 
     message = f"POST {url} returned HTTP {http_status}, status {code}: {description}"
     retriable = http_status >= 500 or http_status in RETRIABLE_HTTP_STATUSES
@@ -209,33 +205,35 @@ def _interpret(
     )
 
 
-def _count_inputs(document: dict[str, Any], default_posted: int) -> tuple[int, int]:
-    inputs = document.get("inputs") or []
-    present = sum(
-        1
-        for item in inputs
-        if item.get("status", {}).get("code") in ALREADY_PRESENT_CODES
-    )
-    return (len(inputs) - present if inputs else default_posted), present
-
-
-def _all_present(document: Any) -> bool:
+def _status_and_items(content: bytes) -> tuple[dict[str, Any], list[Any]]:
+    """Return a response's status object and its inputs, each empty when the body
+    is not JSON or the field has another type."""
+    try:
+        document = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return {}, []
     if not isinstance(document, dict):
-        return False
-    if document.get("status", {}).get("code") in ALREADY_PRESENT_CODES:
-        return True
-    inputs = document.get("inputs") or []
-    return bool(inputs) and all(
-        item.get("status", {}).get("code") in ALREADY_PRESENT_CODES for item in inputs
+        return {}, []
+    status = document.get("status")
+    items = document.get("inputs")
+    return (
+        status if isinstance(status, dict) else {},
+        items if isinstance(items, list) else [],
     )
 
 
-def _only_present_or_success(document: dict[str, Any]) -> bool:
-    inputs = document.get("inputs") or []
-    ok = ALREADY_PRESENT_CODES | {SUCCESS, 30000, 30001}
-    return bool(inputs) and all(
-        item.get("status", {}).get("code") in ok for item in inputs
-    )
+def _item_code(item: Any) -> Any:
+    status = item.get("status") if isinstance(item, dict) else None
+    return status.get("code") if isinstance(status, dict) else None
+
+
+def _count_inputs(items: list[Any], default_posted: int) -> tuple[int, int]:
+    present = sum(1 for item in items if _item_code(item) in ALREADY_PRESENT_CODES)
+    return (len(items) - present if items else default_posted), present
+
+
+def _all_have(items: list[Any], codes: frozenset[int]) -> bool:
+    return bool(items) and all(_item_code(item) in codes for item in items)
 
 
 def _retry_after_s(value: str | None) -> float | None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import ssl
 from dataclasses import dataclass
 from typing import cast
@@ -33,6 +34,12 @@ MAX_HEAD_BYTES = 64 * 1024
 MAX_BODY_BYTES = 32 * 1024 * 1024
 # Idle connections kept per client. The caller limits the requests in flight.
 MAX_IDLE_CONNECTIONS = 64
+
+
+# A chunk size: hexadecimal digits only (no sign, prefix or underscore).
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]+")
+# Characters that would end a request line or a header line early.
+_LINE_BREAKS = re.compile(r"[\r\n]")
 
 
 class HttpError(Exception):
@@ -101,7 +108,10 @@ class _Connection(asyncio.Protocol):
         self._chunks: list[bytes] = []
         self._chunked_size = 0
         self._body_bytes = 0
+        self._trailer_bytes = 0
         self._keep_alive = False
+        # Whether any byte of a response, an interim one too, has arrived.
+        self._received = False
 
     # asyncio.Protocol
 
@@ -111,6 +121,7 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
+        self._received = True
         if self.waiter is None:
             # Bytes that arrive before any request mean the connection's state is
             # unknown, so it is closed.
@@ -120,6 +131,8 @@ class _Connection(asyncio.Protocol):
             self._parse()
         except HttpError as error:
             self._fail(error)
+        except ValueError as error:
+            self._fail(HttpError(f"malformed response: {error}"))
 
     def eof_received(self) -> bool | None:
         self._connection_ended()
@@ -152,11 +165,13 @@ class _Connection(asyncio.Protocol):
         self.closed = True
         if self.waiter is None or self.waiter.done():
             return
-        if self._framing == "close":
+        if self._framing == "close" and exc is None:
+            # NOTE: over TLS, a peer that closes without close_notify also ends
+            # here, so a body cut short that way is taken as complete.
             self._finish(bytes(self.buffer))
             return
         detail = f": {exc!r}" if exc is not None else ""
-        if not self._status and not self.buffer:
+        if not self._received:
             self._fail(
                 _ClosedBeforeResponse(f"connection closed before a response{detail}")
             )
@@ -199,25 +214,34 @@ class _Connection(asyncio.Protocol):
         """Read the status line and headers, and return False when more bytes are
         needed. An interim (1xx) response is skipped."""
         end = self.buffer.find(b"\r\n\r\n")
+        if end > MAX_HEAD_BYTES or (end < 0 and len(self.buffer) > MAX_HEAD_BYTES):
+            raise HttpError(f"response head over {MAX_HEAD_BYTES} bytes")
         if end < 0:
-            if len(self.buffer) > MAX_HEAD_BYTES:
-                raise HttpError(f"response head over {MAX_HEAD_BYTES} bytes")
             return False
         head = self.buffer[:end].decode("latin-1")
         del self.buffer[: end + 4]
         status_line, *lines = head.split("\r\n")
         version, _, rest = status_line.partition(" ")
         code, _, reason = rest.partition(" ")
-        if version not in ("HTTP/1.1", "HTTP/1.0") or not code.isdigit():
+        if version not in ("HTTP/1.1", "HTTP/1.0") or not _is_status_code(code):
             raise HttpError(f"malformed status line {status_line[:100]!r}")
         status = int(code)
 
         headers: dict[str, str] = {}
+        connection_tokens: list[str] = []
         for line in lines:
+            if line[:1] in (" ", "\t"):
+                raise HttpError(f"malformed header line {line[:100]!r} (folded)")
             name, colon, value = line.partition(":")
             if not colon:
                 raise HttpError(f"malformed header line {line[:100]!r}")
-            headers[name.strip().lower()] = value.strip()
+            name = name.strip().lower()
+            value = value.strip()
+            if name == "content-length" and headers.get(name, value) != value:
+                raise HttpError("conflicting Content-Length headers")
+            if name == "connection":
+                connection_tokens.extend(_tokens(value))
+            headers[name] = value
 
         if 100 <= status < 200:
             return True  # an interim response, which the final one follows
@@ -225,19 +249,27 @@ class _Connection(asyncio.Protocol):
         self._reason = reason
         self._headers = headers
 
-        connection = headers.get("connection", "").lower()
-        if version == "HTTP/1.1":
-            self._keep_alive = "close" not in connection
+        if "close" in connection_tokens:
+            self._keep_alive = False
         else:
-            self._keep_alive = "keep-alive" in connection
+            self._keep_alive = (
+                version == "HTTP/1.1" or "keep-alive" in connection_tokens
+            )
 
+        transfer_codings = _tokens(headers.get("transfer-encoding", ""))
         if status in (204, 304):
             self._framing, self._length = "length", 0
-        elif "chunked" in headers.get("transfer-encoding", "").lower():
+        elif transfer_codings == ["chunked"]:
             self._framing = "chunked"
+        elif transfer_codings:
+            # The request sends no TE header, so chunked is the only coding
+            # this client can expect, and it decodes no other.
+            raise HttpError(
+                f"unsupported Transfer-Encoding {headers['transfer-encoding'][:60]!r}"
+            )
         elif "content-length" in headers:
             length = headers["content-length"]
-            if not length.isdigit():
+            if not (length.isascii() and length.isdigit()):
                 raise HttpError(f"malformed Content-Length {length[:40]!r}")
             self._length = int(length)
             if self._length > MAX_BODY_BYTES:
@@ -266,7 +298,12 @@ class _Connection(asyncio.Protocol):
                 # After the last chunk: trailer lines up to an empty line.
                 end = buffer.find(b"\r\n")
                 if end < 0:
+                    if self._trailer_bytes + len(buffer) > MAX_HEAD_BYTES:
+                        raise HttpError(f"chunked trailer over {MAX_HEAD_BYTES} bytes")
                     return
+                self._trailer_bytes += end + 2
+                if self._trailer_bytes > MAX_HEAD_BYTES:
+                    raise HttpError(f"chunked trailer over {MAX_HEAD_BYTES} bytes")
                 del buffer[: end + 2]
                 if end == 0:
                     self._finish(b"".join(self._chunks))
@@ -277,20 +314,27 @@ class _Connection(asyncio.Protocol):
                 if len(buffer) > 1024:
                     raise HttpError("malformed chunk size line")
                 return
-            size_text = buffer[:end].split(b";", 1)[0].strip()
-            try:
-                size = int(size_text, 16)
-            except ValueError:
-                raise HttpError(
-                    f"malformed chunk size {bytes(size_text[:20])!r}"
-                ) from None
-            if size < 0:
-                raise HttpError("malformed chunk size")
+            size_text = bytes(buffer[:end].split(b";", 1)[0].strip())
+            if not _CHUNK_SIZE.fullmatch(size_text):
+                raise HttpError(f"malformed chunk size {size_text[:20]!r}")
+            size = int(size_text, 16)
             del buffer[: end + 2]
             self._body_bytes += size
             if self._body_bytes > MAX_BODY_BYTES:
                 raise HttpError(f"response body over {MAX_BODY_BYTES} bytes")
             self._chunked_size = size if size else -1
+
+
+def _is_status_code(text: str) -> bool:
+    """Return whether `text` is a status code: three ASCII digits, 100 to 599."""
+    return (
+        len(text) == 3 and text.isascii() and text.isdigit() and "1" <= text[0] <= "5"
+    )
+
+
+def _tokens(value: str) -> list[str]:
+    """Return the comma-separated tokens of a header value, in lower case."""
+    return [token.strip().lower() for token in value.split(",") if token.strip()]
 
 
 class _ClosedBeforeResponse(HttpError):
@@ -317,6 +361,9 @@ class HttpClient:
         if self.origin.scheme == "https":
             self._ssl = ssl_context or ssl.create_default_context()
         self._idle: list[_Connection] = []
+        # Incremented by aclose(), so that a request in flight then does not put
+        # its connection back in the pool.
+        self._generation = 0
         # Connections belong to the event loop that opened them.
         self._loop: asyncio.AbstractEventLoop | None = None
         self._head_prefix = f"Host: {self.origin.host_header}\r\n"
@@ -334,6 +381,9 @@ class HttpClient:
         a new one, which is safe only for requests that can be repeated, as the
         destination's POST /inputs can.
         """
+        parts = [path, *headers.keys(), *headers.values()]
+        if any(_LINE_BREAKS.search(part) for part in parts):
+            raise ValueError("a request path or header contains a line break")
         lines = [
             f"POST {self.origin.base_path}{path} HTTP/1.1\r\n",
             self._head_prefix,
@@ -356,6 +406,9 @@ class HttpClient:
             return await self._exchange(connection, request)
 
     async def aclose(self) -> None:
+        """Close the idle connections, and each busy one once its request ends.
+        A request made after this opens new connections."""
+        self._generation += 1
         idle, self._idle = self._idle, []
         for connection in idle:
             connection.close()
@@ -363,8 +416,11 @@ class HttpClient:
     def _take_idle(self) -> _Connection | None:
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
-            for connection in self._idle:
-                connection.close()
+            # A closed loop cannot close its transports, whose sockets are then
+            # closed when they are garbage collected.
+            if self._loop is not None and not self._loop.is_closed():
+                for connection in self._idle:
+                    connection.close()
             self._idle.clear()
             self._loop = loop
             return None
@@ -397,6 +453,7 @@ class HttpClient:
         return connection
 
     async def _exchange(self, connection: _Connection, request: bytes) -> Response:
+        generation = self._generation
         try:
             response = await connection.send(request)
         except BaseException:
@@ -405,11 +462,13 @@ class HttpClient:
             connection.waiter = None
             connection.close()
             raise
-        if connection.reusable:
-            if len(self._idle) < MAX_IDLE_CONNECTIONS:
-                self._idle.append(connection)
-            else:
-                connection.close()
+        pooled = (
+            generation == self._generation and len(self._idle) < MAX_IDLE_CONNECTIONS
+        )
+        if connection.reusable and pooled:
+            self._idle.append(connection)
+        else:
+            connection.close()
         return response
 
 
