@@ -4,14 +4,16 @@ applies to Faust's consumer."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import time
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
-from agents.app import _tune_fetcher, freeze_heap
+from agents.app import TimeSlice, _tune_fetcher, freeze_heap
 from agents.worker import build_worker_app
 from app.settings import Settings
 
@@ -77,3 +79,40 @@ def test_tune_fetcher_waits_for_consumer() -> None:
 def test_fetch_min_bytes_must_be_positive() -> None:
     with pytest.raises(ValidationError, match="COLLECTORS_FETCH_MIN_BYTES"):
         Settings(COLLECTORS_FETCH_MIN_BYTES="0")
+
+
+async def busy_loop_lets_other_task_run(slice_s: float) -> tuple[bool, int]:
+    """Run 20 steps of 2 ms of CPU each with a TimeSlice, and return whether a
+    task created before the loop ran before it ended, and how many pauses
+    there were."""
+    ran = False
+
+    async def other() -> None:
+        nonlocal ran
+        ran = True
+
+    task = asyncio.create_task(other())
+    time_slice = TimeSlice(slice_s)
+    pauses = 0
+    ran_during_loop = False
+    for _ in range(20):
+        started = time.monotonic()
+        while time.monotonic() - started < 0.002:
+            pass
+        pauses += await time_slice.pause_if_due()
+        ran_during_loop = ran_during_loop or ran
+    await task
+    return ran_during_loop, pauses
+
+
+async def test_time_slice_lets_other_tasks_run_in_a_long_loop() -> None:
+    ran_during_loop, pauses = await busy_loop_lets_other_task_run(0.01)
+    assert ran_during_loop
+    # At least 40 ms of steps, in slices of 10 ms.
+    assert pauses >= 1
+
+
+async def test_time_slice_does_not_pause_before_slice_ends() -> None:
+    ran_during_loop, pauses = await busy_loop_lets_other_task_run(1000.0)
+    assert not ran_during_loop
+    assert pauses == 0
