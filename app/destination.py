@@ -184,10 +184,21 @@ def _interpret(
     http_status: int, reason: str, retry_after: str | None, content: bytes, url: str
 ) -> tuple[int, int]:
     """Return (posted, already present) for a response, or raise DeliveryError."""
-    status, items = _status_and_items(content)
+    document = _json_object(content)
+    status, items = _status_and_items(document)
     code = status.get("code")
     description = status.get("description") or reason
 
+    if 200 <= http_status < 300 and document is None:
+        # A proxy's or a web server's page, not the API: the inputs may not be
+        # stored, so they are not counted as delivered.
+        raise DeliveryError(
+            f"POST {url} returned HTTP {http_status} with a body that is not a JSON "
+            "object; check that COLLECTORS_DESTINATION_URL is a Clarifai-compatible "
+            "API",
+            retriable=False,
+            http_status=http_status,
+        )
     if 200 <= http_status < 300 and code in (SUCCESS, None):
         return _count_inputs(items, len(items))
     if code in ALREADY_PRESENT_CODES or _all_have(items, ALREADY_PRESENT_CODES):
@@ -205,14 +216,21 @@ def _interpret(
     )
 
 
-def _status_and_items(content: bytes) -> tuple[dict[str, Any], list[Any]]:
-    """Return a response's status object and its inputs, each empty when the body
-    is not JSON or the field has another type."""
+def _json_object(content: bytes) -> dict[str, Any] | None:
+    """Return the response body as a JSON object, or None when it is not one."""
     try:
         document = orjson.loads(content)
     except orjson.JSONDecodeError:
-        return {}, []
-    if not isinstance(document, dict):
+        return None
+    return document if isinstance(document, dict) else None
+
+
+def _status_and_items(
+    document: dict[str, Any] | None,
+) -> tuple[dict[str, Any], list[Any]]:
+    """Return a response's status object and its inputs, each empty when missing
+    or of another type."""
+    if document is None:
         return {}, []
     status = document.get("status")
     items = document.get("inputs")
