@@ -123,8 +123,8 @@ class _Connection(asyncio.Protocol):
         self.buffer += data
         self._received = True
         if self.waiter is None:
-            # Bytes that arrive before any request mean the connection's state is
-            # unknown, so it is closed.
+            # Bytes that arrive while no request waits mean the connection's
+            # state is unknown, so it is closed.
             self.close()
             return
         try:
@@ -375,7 +375,7 @@ class HttpClient:
         body: bytes,
         timeout_s: float,
     ) -> Response:
-        """POST `body` to the base URL's path followed by `path`.
+        """Send `body` in a POST to the base URL's path followed by `path`.
 
         A reused connection that the server had already closed is replaced once by
         a new one, which is safe only for requests that can be repeated, as the
