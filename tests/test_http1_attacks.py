@@ -273,7 +273,7 @@ async def post_bodies(url: str, count: int) -> list[bytes]:
         await client.aclose()
 
 
-async def settle(condition: Callable[[], bool], timeout_s: float = 1.0) -> None:
+async def settle(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
     """Yield to the event loop until `condition()` is true or `timeout_s` passes."""
     deadline = time.monotonic() + timeout_s
     # The conditions count connections on the server side, which no event marks.
@@ -864,10 +864,9 @@ async def test_dribbling_server_hits_total_deadline(raw_server) -> None:
 
     server = await raw_server(dribble)
     client = HttpClient(server.url)
-    started = time.monotonic()
+    # The whole response takes over a second, so the deadline ends it.
     with pytest.raises(TimeoutError):
         await post(client, timeout_s=0.2)
-    assert time.monotonic() - started < 0.5
     await settle(lambda: server.open_connections == 0)
     assert server.open_connections == 0
     await client.aclose()
@@ -960,10 +959,13 @@ async def test_concurrent_requests_get_own_responses(raw_server) -> None:
 
 
 async def test_concurrent_requests_with_failures_mixed_in(raw_server) -> None:
-    # A fifth of the requests get a reset, a fifth a truncated body, a fifth a
-    # late answer past their deadline. No request may get another's response,
-    # and no connection may stay open after aclose.
+    # A fifth of the requests get a reset, a fifth a truncated body, a fifth an
+    # answer only after their deadline. No request may get another's response,
+    # and no connection may stay open after aclose. Only the late requests have
+    # a short deadline, so a slow machine cannot turn another case into a
+    # timeout.
     random.seed(11)
+    release = asyncio.Event()
 
     async def mixed(request: Request, writer: asyncio.StreamWriter) -> None:
         kind = int(request.body.split(b"-")[1]) % 5
@@ -975,17 +977,20 @@ async def test_concurrent_requests_with_failures_mixed_in(raw_server) -> None:
             await writer.drain()
             writer.close()
         elif kind == 2:
-            await asyncio.sleep(0.15)
+            await release.wait()
             writer.write(http_response(body))
         else:
             await echo_slowly(request, writer)
+
+    def deadline_s(body: bytes) -> float:
+        return 0.1 if int(body.split(b"-")[1]) % 5 == 2 else 30.0
 
     server = await raw_server(mixed)
     client = HttpClient(server.url)
     for round_number in range(3):
         bodies = [b"%d-%d" % (round_number, n) for n in range(100)]
         results = await asyncio.gather(
-            *(post(client, body, timeout_s=0.1) for body in bodies),
+            *(post(client, body, timeout_s=deadline_s(body)) for body in bodies),
             return_exceptions=True,
         )
         for body, result in zip(bodies, results, strict=True):
@@ -997,6 +1002,7 @@ async def test_concurrent_requests_with_failures_mixed_in(raw_server) -> None:
             else:
                 assert not isinstance(result, BaseException), (body, result)
                 assert result.body == body
+    release.set()
     await client.aclose()
     await settle(lambda: server.open_connections == 0)
     assert server.open_connections == 0
@@ -1056,7 +1062,7 @@ async def test_aclose_closes_in_flight_connection(raw_server) -> None:
     await client.aclose()
     gate.set()
     assert (await task).body == OK_BODY
-    await settle(lambda: server.open_connections == 0, timeout_s=0.3)
+    await settle(lambda: server.open_connections == 0)
     assert server.open_connections == 0
 
 
@@ -1242,7 +1248,7 @@ async def test_tls_handshake_never_answered_times_out(tls_contexts) -> None:
     with pytest.raises(HttpError, match=r"timed out after 0\.15 s"):
         await post(client, timeout_s=1.0)
     # The half-open TLS connection is closed, not leaked.
-    await asyncio.wait_for(closed.wait(), 1.0)
+    await asyncio.wait_for(closed.wait(), 10.0)
 
     # A request deadline shorter than the connect timeout raises TimeoutError.
     closed.clear()
@@ -1251,7 +1257,7 @@ async def test_tls_handshake_never_answered_times_out(tls_contexts) -> None:
     )
     with pytest.raises(TimeoutError):
         await post(client, timeout_s=0.1)
-    await asyncio.wait_for(closed.wait(), 1.0)
+    await asyncio.wait_for(closed.wait(), 10.0)
     silent_server.close()
 
 
@@ -1384,7 +1390,8 @@ async def test_destination_caps_long_retry_after(raw_server) -> None:
     started = time.monotonic()
     result = await deliver(server.url, backoff_max_s=0.02, give_up_s=1.0)
     assert result.attempts == 2
-    assert 0.06 <= time.monotonic() - started < 0.5
+    # At least the capped delay, and far less than the hour asked for.
+    assert 0.06 <= time.monotonic() - started < 60
 
 
 @pytest.mark.parametrize("status", [b"301", b"307", b"308"])
@@ -1437,10 +1444,9 @@ async def test_destination_retries_server_that_never_answers(raw_server) -> None
         writer.write(OK)
 
     server = await raw_server(scripted(answer_late))
-    started = time.monotonic()
+    # The first attempt times out before the late answer; the second gets it.
     result = await deliver(server.url, timeout_s=0.1)
     assert result.attempts == 2
-    assert time.monotonic() - started < 0.4
     assert server.connections == 2
 
 
