@@ -4,21 +4,16 @@ answer with exactly the bytes each case needs."""
 from __future__ import annotations
 
 import asyncio
-import datetime
-import ipaddress
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from app.http1 import MAX_HEAD_BYTES, HttpClient, HttpError, Origin
 from app.settings import Settings
+from tests.tls_helpers import self_signed
 
 OK_BODY = b'{"status":{"code":10000}}'
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(OK_BODY), OK_BODY)
@@ -317,17 +312,6 @@ async def test_malformed_response_raises_http_error(
     await client.aclose()
 
 
-async def test_interim_response_is_skipped(raw_server) -> None:
-    async def interim(request: Request, writer: asyncio.StreamWriter) -> None:
-        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n" + OK)
-
-    server = await raw_server(interim)
-    client = HttpClient(server.url)
-    response = await post(client)
-    assert (response.status, response.body) == (200, OK_BODY)
-    await client.aclose()
-
-
 async def test_no_content_response_keeps_connection(
     raw_server,
 ) -> None:
@@ -412,39 +396,6 @@ async def test_connection_refused_raises_http_error() -> None:
     client = HttpClient(f"http://127.0.0.1:{port}")
     with pytest.raises(HttpError, match="cannot connect"):
         await post(client)
-
-
-def self_signed(directory: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    cert_path = directory / "cert.pem"
-    key_path = directory / "key.pem"
-    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
 
 
 async def test_https_request_verifies_the_server_certificate(

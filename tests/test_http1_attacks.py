@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import datetime
 import email.utils
-import ipaddress
 import logging
 import random
 import socket
@@ -30,14 +29,11 @@ from typing import Any
 
 import pytest
 import uvloop
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from app import http1
 from app.destination import DeliveryError, DeliveryResult, Destination
 from app.http1 import HttpClient, HttpError, _Connection
+from tests.tls_helpers import self_signed
 
 
 def http_response(body: bytes, status: bytes = b"200 OK") -> bytes:
@@ -583,15 +579,6 @@ async def test_content_length_over_limit_raises(raw_server) -> None:
     )
     with pytest.raises(HttpError, match="response body over"):
         await post_once(server.url)
-
-
-async def test_short_body_then_close_raises(raw_server) -> None:
-    server = await raw_server(
-        reply(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", close=True)
-    )
-    with pytest.raises(HttpError, match="middle of a response"):
-        await post_once(server.url)
-    assert len(server.requests) == 1
 
 
 async def test_read_to_close_body_over_limit_raises(
@@ -1175,41 +1162,6 @@ def test_keep_alive_works_on_both_loops(
 
 
 # --- TLS --------------------------------------------------------------------------
-
-
-def self_signed(directory: Path) -> tuple[Path, Path]:
-    """Write a self-signed certificate for 127.0.0.1 and its key; return their
-    paths."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    cert_path = directory / "cert.pem"
-    key_path = directory / "key.pem"
-    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
 
 
 @pytest.fixture
