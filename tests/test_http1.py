@@ -1,99 +1,22 @@
 """The destination's HTTP/1.1 client against raw servers run by the test, which
-answer with exactly the bytes each case needs."""
+reply with exactly the bytes each case needs."""
 
 from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from app.http1 import MAX_HEAD_BYTES, HttpClient, HttpError, Origin
 from app.settings import Settings
+from tests.raw_http import Request
+from tests.raw_http import raw_server as raw_server  # a fixture
 from tests.tls_helpers import self_signed
 
 OK_BODY = b'{"status":{"code":10000}}'
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(OK_BODY), OK_BODY)
-
-
-@dataclass
-class Request:
-    head: str
-    body: bytes
-
-    @property
-    def request_line(self) -> str:
-        return self.head.split("\r\n", 1)[0]
-
-    def header(self, name: str) -> str:
-        for line in self.head.split("\r\n")[1:]:
-            key, _, value = line.partition(":")
-            if key.strip().lower() == name.lower():
-                return value.strip()
-        return ""
-
-
-# Answers one request: writes to the writer, and may close it.
-Answer = Callable[[Request, asyncio.StreamWriter], Awaitable[None]]
-
-
-@dataclass
-class RawServer:
-    answer: Answer
-    url: str = ""
-    connections: int = 0
-    requests: list[Request] = field(default_factory=list)
-
-
-async def read_request(reader: asyncio.StreamReader) -> Request | None:
-    try:
-        head = await reader.readuntil(b"\r\n\r\n")
-    except (asyncio.IncompleteReadError, ConnectionError):
-        return None
-    text = head[:-4].decode("latin-1")
-    request = Request(text, b"")
-    length = int(request.header("Content-Length") or 0)
-    request.body = await reader.readexactly(length)
-    return request
-
-
-@pytest.fixture
-async def raw_server() -> AsyncIterator[Callable[[Answer], Awaitable[RawServer]]]:
-    servers: list[asyncio.Server] = []
-
-    async def start(answer: Answer, ssl_context: ssl.SSLContext | None = None):
-        state = RawServer(answer)
-
-        async def handle(
-            reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-        ) -> None:
-            state.connections += 1
-            try:
-                while not writer.is_closing():
-                    request = await read_request(reader)
-                    if request is None:
-                        break
-                    state.requests.append(request)
-                    await state.answer(request, writer)
-                    await writer.drain()
-            except ConnectionError:
-                pass
-            finally:
-                writer.close()
-
-        server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=ssl_context)
-        servers.append(server)
-        port = server.sockets[0].getsockname()[1]
-        scheme = "https" if ssl_context else "http"
-        state.url = f"{scheme}://127.0.0.1:{port}"
-        return state
-
-    yield start  # type: ignore[misc]
-    for server in servers:
-        server.close()
 
 
 async def answer_ok(request: Request, writer: asyncio.StreamWriter) -> None:
@@ -133,7 +56,7 @@ async def test_request_carries_path_host_length_and_headers(raw_server) -> None:
     await client.aclose()
 
 
-async def test_response_written_one_byte_at_a_time_is_read_whole(raw_server) -> None:
+async def test_response_read_byte_by_byte(raw_server) -> None:
     async def slow(request: Request, writer: asyncio.StreamWriter) -> None:
         for index in range(len(OK)):
             writer.write(OK[index : index + 1])
@@ -199,7 +122,7 @@ async def test_connection_close_header_opens_a_new_connection(raw_server) -> Non
 async def test_reused_connection_closed_before_response_is_replaced_once(
     raw_server,
 ) -> None:
-    # Each connection answers one request and hangs up on the next one without a
+    # Each connection replies to one request and hangs up on the next one without a
     # word, as a server does when its keep-alive timeout passes while the request
     # is on its way.
     served: set[int] = set()
@@ -240,7 +163,7 @@ async def test_idle_connection_closed_by_server_is_not_reused(raw_server) -> Non
     await client.aclose()
 
 
-async def test_connection_closed_mid_response_raises_and_is_not_retried(
+async def test_closed_mid_response_raises(
     raw_server,
 ) -> None:
     async def truncated(request: Request, writer: asyncio.StreamWriter) -> None:
