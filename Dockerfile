@@ -1,5 +1,16 @@
 # Image of the Collectors worker and API. docker-compose.yml runs it as `collectors worker`
 # and `collectors api`.
+#
+# The first stage builds the package's wheel with the C extension agents._stage_one,
+# since the slim image has no C compiler.
+FROM python:3.11 AS build
+WORKDIR /src
+COPY pyproject.toml setup.py README.md ./
+COPY app ./app
+COPY agents ./agents
+COPY rules ./rules
+RUN pip wheel --no-deps --wheel-dir /wheels .
+
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -7,12 +18,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY app ./app
-COPY agents ./agents
-COPY rules ./rules
-RUN pip install . && rm -rf /src/*
+COPY --from=build /wheels /wheels
+RUN pip install /wheels/*.whl && rm -rf /wheels
 
 # The processes run as an unprivileged user. /var/lib/collectors is the working directory,
 # where Faust keeps its data folder, and secret/ is the mount point of the volume that

@@ -10,7 +10,8 @@ SERVICES_DATA_DIR ?= $(CURDIR)/.data/services
 # Extra pytest options, for example: make test PYTEST_ARGS='-x -k redis'
 PYTEST_ARGS ?=
 # Written after a successful pip install, so that the install step reruns only when
-# pyproject.toml changes (the package is installed in editable mode).
+# pyproject.toml, setup.py or the C extension changes (the package is installed in
+# editable mode, with agents/_stage_one.c built in place).
 INSTALL_STAMP := $(VENV)/.install-stamp
 # Clarifai's Node.js and Java clients, which tests/test_api_guide_clients.py runs. Each
 # stamp is written after its install, which reruns when the lock file or pom changes.
@@ -30,7 +31,7 @@ install-service: $(INSTALL_STAMP) install-services
 install-services:
 	$(SERVICES) install
 
-$(INSTALL_STAMP): pyproject.toml
+$(INSTALL_STAMP): pyproject.toml setup.py agents/_stage_one.c
 	test -x $(VENV_PYTHON) || $(PYTHON) -m venv $(VENV)
 	$(VENV_PYTHON) -m pip install -e '.[dev]'
 	touch $@

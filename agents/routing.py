@@ -13,6 +13,7 @@ Input ids at the destination are derived from the collector and the event (see
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -24,13 +25,26 @@ from agents.stats import WorkerStats
 from app.config_cache import CollectorView, ConfigSnapshot
 from app.models import (
     SUCCESS,
+    OutputFields,
     PredictionEvent,
     describe_validation_error,
     output_fields,
 )
-from rules.context import EvalContext
+from rules.context import NATIVE_RULE_ATTRIBUTE, EvalContext
 from rules.uncertainty import metadata_value, sticky_fraction
 from rules.workflow import WorkflowResult
+
+try:
+    from agents import _stage_one
+except ImportError:  # not built (see setup.py): the Python code decides alone
+    _stage_one = None
+
+logger = logging.getLogger(__name__)
+
+
+def native_available() -> bool:
+    """Return whether the C extension agents._stage_one is built."""
+    return _stage_one is not None
 
 
 def destination_input_id(collector_key: str, event_id: str, input_id: str) -> str:
@@ -75,11 +89,27 @@ class _Candidate(NamedTuple):
 
 
 class Router:
-    """Applies stage one to events, with the configuration snapshot of the moment."""
+    """Applies stage one to events, with the configuration snapshot of the moment.
 
-    def __init__(self, max_event_bytes: int, stats: WorkerStats) -> None:
+    With `native` (the default when agents._stage_one is built), the C extension
+    checks the outputs and decides the random samples and the one-node threshold
+    workflows; Python builds the queue items of the survivors and decides what the
+    extension leaves to it (see `_plan`). Both ways give the same result.
+    """
+
+    def __init__(
+        self, max_event_bytes: int, stats: WorkerStats, native: bool | None = None
+    ) -> None:
         self.max_event_bytes = max_event_bytes
         self.stats = stats
+        if native and _stage_one is None:
+            raise RuntimeError(
+                "the C extension agents._stage_one is not built; run"
+                " `pip install -e .` with a C compiler, or use the Python stage one"
+            )
+        self.native = native_available() if native is None else native
+        self._plans_of: ConfigSnapshot | None = None
+        self._plans: dict[str, tuple[tuple[Any, ...], ...]] = {}
 
     def route(
         self, value: bytes | None, snapshot: ConfigSnapshot, result: RouteResult
@@ -97,12 +127,79 @@ class Router:
             totals["events_dead_lettered"] += 1
             return
 
-        candidates_by_source = self._check_outputs(event, snapshot, result)
         caller_user_id = event.caller.user_id
+        if self.native:
+            if snapshot is not self._plans_of:
+                self._plans = {
+                    source: tuple(_plan(view) for view in views)
+                    for source, views in snapshot.by_source.items()
+                }
+                self._plans_of = snapshot
+            assert _stage_one is not None
+            decided = _stage_one.route_outputs(
+                event.outputs, caller_user_id, self._plans
+            )
+            # None: an output needs pydantic's validation, so Python routes it all.
+            if decided is not None:
+                self._apply(event, decided, result)
+                return
+
+        candidates_by_source = self._check_outputs(event, snapshot, result)
         for source, candidates in candidates_by_source.items():
             for view in snapshot.by_source[source]:
                 if _caller_matches(view, caller_user_id):
                     self._sample(view, event, candidates, result)
+
+    def _apply(
+        self,
+        event: PredictionEvent,
+        decided: tuple[tuple[int, int], list[tuple[Any, ...]]],
+        result: RouteResult,
+    ) -> None:
+        """Count and enqueue what the C extension decided for one event."""
+        (skipped_status, unwatched), decisions = decided
+        outputs = event.outputs
+        totals = self.stats.totals
+        totals["outputs_in"] += len(outputs)
+        if skipped_status:
+            totals["outputs_skipped_status"] += skipped_status
+        if unwatched:
+            totals["outputs_unwatched"] += unwatched
+        for decision in decisions:
+            if len(decision) == 2:
+                # A plan that Python decides: every output of the collector's model.
+                plan, indices = decision
+                candidates = [_candidate(outputs[index]) for index in indices]
+                self._sample(plan[0], event, candidates, result)
+                continue
+            plan, matched, dropped_sample, dropped_rule, survivors = decision
+            view: CollectorView = plan[0]
+            funnel = self.stats.funnel[view.key]
+            funnel["matched"] += matched
+            if view.broken_reason:
+                funnel["dropped_pre_queue"] += matched
+                continue
+            if dropped_sample:
+                funnel["dropped_random_sample"] += dropped_sample
+            if dropped_rule:
+                self.stats.rule_drops[(view.key, plan[_PLAN_NODE_ID])] += dropped_rule
+                funnel["dropped_pre_queue"] += dropped_rule
+            if survivors:
+                funnel["enqueued"] += len(survivors)
+                batch = result.batches[view.key]
+                for index in survivors:
+                    output = outputs[index]
+                    input_document = output["input"]
+                    batch.append(
+                        queue_item(
+                            view,
+                            event,
+                            output,
+                            input_document["id"],
+                            output.get("data") or {},
+                            pre_queue_pending=False,
+                        )
+                    )
 
     def _check_outputs(
         self, event: PredictionEvent, snapshot: ConfigSnapshot, result: RouteResult
@@ -126,16 +223,7 @@ class Router:
             if not snapshot.by_source.get(fields.source_key):
                 totals["outputs_skipped_status" if failed else "outputs_unwatched"] += 1
                 continue
-            data = output.get("data") or {}
-            candidate = _Candidate(
-                output,
-                fields.input_id,
-                fields.input_id.encode(),
-                fields.version_id,
-                failed,
-                data,
-                any(data.values()),
-            )
+            candidate = _candidate(output, fields)
             candidates_by_source.setdefault(fields.source_key, []).append(candidate)
         return candidates_by_source
 
@@ -252,7 +340,16 @@ class Router:
                     dropped_pre_queue += 1
                     self.stats.rule_drops[(view.key, _dropping_node(outcome))] += 1
                     continue
-            items.append(queue_item(view, event, candidate, pre_queue_pending=deferred))
+            items.append(
+                queue_item(
+                    view,
+                    event,
+                    output,
+                    candidate.input_id,
+                    candidate.data,
+                    pre_queue_pending=deferred,
+                )
+            )
 
         # Only steps that happened are counted, as adding 0 would create the key.
         if dropped_sample:
@@ -302,17 +399,19 @@ def _caller_matches(view: CollectorView, caller_user_id: str) -> bool:
 def queue_item(
     view: CollectorView,
     event: PredictionEvent,
-    candidate: _Candidate,
+    output: dict[str, Any],
+    input_id: str,
+    data: dict[str, Any],
     pre_queue_pending: bool,
 ) -> dict[str, Any]:
-    """Return what crosses the queue topic for one sampled input."""
+    """Return what crosses the queue topic for one sampled output, whose input id
+    and data (`output.get("data") or {}`) the caller has read."""
     item: dict[str, Any] = {
-        "id": destination_input_id(view.key, event.id, candidate.input_id),
+        "id": destination_input_id(view.key, event.id, input_id),
         "event_id": event.id,
         "created_at": event.created_at.timestamp(),
-        "input": candidate.output["input"],
+        "input": output["input"],
     }
-    data = candidate.data
     if view.record.collect_outputs or pre_queue_pending:
         item["output_data"] = data
     concepts = data.get("concepts")
@@ -322,3 +421,75 @@ def queue_item(
     if pre_queue_pending:
         item["pre_queue_pending"] = True
     return item
+
+
+def _candidate(output: Any, fields: OutputFields | None = None) -> _Candidate:
+    """Return the candidate of a valid output, whose fields are read when not given."""
+    if fields is None:
+        fields = output_fields(output)
+    data = output.get("data") or {}
+    return _Candidate(
+        output,
+        fields.input_id,
+        fields.input_id.encode(),
+        fields.version_id,
+        fields.status_code != SUCCESS,
+        data,
+        any(data.values()),
+    )
+
+
+# The comparators of a concept-thresholder, by the code the C extension reads.
+_RULE_CODES = {"max-probability-below": 1, "min-probability-above": 2}
+_THRESHOLDER = 3
+_PLAN_NODE_ID = 14
+
+
+def _plan(view: CollectorView) -> tuple[Any, ...]:
+    """Return what the C extension reads of a collector, in the order of the enum
+    in agents/_stage_one.c: the view; whether Python decides its outputs (a
+    sample by metadata value, a remote pre-queue model, or a workflow other than
+    one max-probability-below, min-probability-above or concept-thresholder node);
+    whether it is active; the caller user id it requires, or None; the model
+    version id it requires, or ""; whether it collects failed predictions; whether
+    it is broken; whether it samples by input id; the seed prefix and digest limit
+    of that sample; the rule code, threshold, comparator code and thresholds of its
+    one-node workflow; and that node's id."""
+    record = view.record
+    workflow = view.pre_queue
+    step = workflow.context_free_step if workflow is not None else None
+    native_rule = getattr(step[1], NATIVE_RULE_ATTRIBUTE, None) if step else None
+    python = (
+        bool(record.sample_key)
+        or view.pre_queue_is_remote
+        or (workflow is not None and native_rule is None)
+    )
+    rule, threshold, comparator, thresholds = 0, 0.0, 0, None
+    if native_rule is not None and not python:
+        kind = native_rule[0]
+        if kind == "concept-thresholder":
+            rule, comparator, thresholds = _THRESHOLDER, native_rule[1], native_rule[2]
+        else:
+            rule, threshold = _RULE_CODES[kind], float(native_rule[1])
+    if record.model_user_id != record.user_id:
+        caller: str | None = record.user_id
+    else:
+        caller = record.caller_user_id or None
+    fraction = record.pre_queue_random_sample
+    return (
+        view,
+        python,
+        bool(record.active),
+        caller,
+        record.model_version_id,
+        bool(record.collect_failed_predictions),
+        bool(view.broken_reason),
+        0.0 < fraction < 1.0,
+        view.sample_seed_prefix,
+        view.sample_limit,
+        rule,
+        threshold,
+        comparator,
+        thresholds,
+        step[0] if step else "",
+    )

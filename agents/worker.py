@@ -16,7 +16,7 @@ import httpx
 
 from agents.app import create_app
 from agents.delivery import Deliverer, RemoteModelCall
-from agents.routing import Router
+from agents.routing import Router, native_available
 from agents.stateful import StatefulGate
 from agents.stats import WorkerStats
 from agents.topics import ensure_topics
@@ -53,7 +53,14 @@ def build_worker_app(settings: Settings) -> faust.App:
         inline_give_up_s=settings.destination_inline_retry_s,
         gate=StatefulGate(store.redis, stats),
     )
-    router = Router(settings.max_event_bytes, stats)
+    native = settings.stage_one == "c" and native_available()
+    if settings.stage_one == "c" and not native:
+        logger.warning(
+            "the C extension agents._stage_one is not built, so stage one runs in"
+            " Python; `pip install -e .` with a C compiler builds it"
+        )
+    logger.info("stage one runs in %s", "C" if native else "Python")
+    router = Router(settings.max_event_bytes, stats, native=native)
     app = create_app(settings, cache, router, deliverer, stats)
     add_web_views(app, cache, stats)
     return app

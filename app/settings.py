@@ -95,6 +95,11 @@ class Settings(BaseSettings):
     http_client: Literal["lean", "aiohttp"] = Field(
         "lean", validation_alias="COLLECTORS_HTTP_CLIENT"
     )
+    # Stage one's per-output work: "c" (the extension agents._stage_one, or Python
+    # when it is not built) or "python".
+    stage_one: Literal["c", "python"] = Field(
+        "c", validation_alias="COLLECTORS_STAGE_ONE"
+    )
     worker_web_port: int = Field(6066, validation_alias="COLLECTORS_WORKER_WEB_PORT")
     route_batch_max: int = Field(500, validation_alias="COLLECTORS_ROUTE_BATCH_MAX")
     deliver_batch_max: int = Field(200, validation_alias="COLLECTORS_DELIVER_BATCH_MAX")

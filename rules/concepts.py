@@ -48,6 +48,10 @@ _COMPARATORS: dict[str, Comparator] = {
     "LESS_THAN_OR_EQUAL": operator.le,
     "EQUAL": _is_equal,
 }
+# The codes by which the C extension agents._stage_one knows the comparators.
+_COMPARATOR_CODES: dict[Comparator, int] = {
+    _COMPARATORS[name]: code for code, name in _COMPARATOR_NAMES.items()
+}
 _DEFAULT_COMPARATOR_NAME = "GREATER_THAN"
 _NOT_SET_NAME = "CONCEPT_THRESHOLD_NOT_SET"
 _COMPARATOR_EXPECTED = (
@@ -142,7 +146,8 @@ def compile_concept_thresholder(model: dict[str, Any], node_id: str) -> Operator
                 return True
         return False
 
-    return context_free(threshold_concepts, passes)
+    native_rule = ("concept-thresholder", _COMPARATOR_CODES[compare], thresholds)
+    return context_free(threshold_concepts, passes, native_rule)
 
 
 class ConceptGraph:

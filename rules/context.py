@@ -74,14 +74,26 @@ NO_CONTEXT = EvalContext(input={}, seed_key="")
 
 Predicate = Callable[[Data], bool]
 
+# Attribute of a `passes` predicate that the C extension agents._stage_one can
+# evaluate itself: a tuple naming the operator type and its parameters, read by
+# `agents.routing._plan`.
+NATIVE_RULE_ATTRIBUTE = "native_rule"
 
-def context_free(operator: Operator, passes: Predicate | None = None) -> Operator:
+
+def context_free(
+    operator: Operator,
+    passes: Predicate | None = None,
+    native_rule: tuple[Any, ...] | None = None,
+) -> Operator:
     """Mark an operator that never reads its EvalContext, with `passes`, a faster
-    equivalent of `has_content(operator(data, context))` for data with content."""
+    equivalent of `has_content(operator(data, context))` for data with content,
+    and optionally the `native_rule` that describes it to the C extension."""
     if passes is None:
 
         def passes(data: Data) -> bool:
             return any(operator(data, NO_CONTEXT).values())
 
+    if native_rule is not None:
+        setattr(passes, NATIVE_RULE_ATTRIBUTE, native_rule)
     setattr(operator, CONTEXT_FREE_ATTRIBUTE, passes)
     return operator

@@ -94,7 +94,9 @@ def compile_max_probability_below(model: dict[str, Any], node_id: str) -> Operat
                 return {}
         return data
 
-    return context_free(max_probability_below)
+    return context_free(
+        max_probability_below, native_rule=("max-probability-below", threshold)
+    )
 
 
 def compile_min_probability_above(model: dict[str, Any], node_id: str) -> Operator:
@@ -115,7 +117,9 @@ def compile_min_probability_above(model: dict[str, Any], node_id: str) -> Operat
                 return {}
         return data
 
-    return context_free(min_probability_above)
+    return context_free(
+        min_probability_above, native_rule=("min-probability-above", threshold)
+    )
 
 
 # Clarifai status codes ANNOTATION_SUCCESS and ANNOTATION_PENDING (status_code.proto).

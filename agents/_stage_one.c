@@ -1,0 +1,661 @@
+/*
+ * Stage one's per-output work in C: the output check and each collector's random
+ * sample and one-node threshold workflow.
+ *
+ * `agents/routing.py` has the same logic in Python and uses it when this module is
+ * not built. Both must decide alike on every event: tests/test_stage_one_native.py
+ * runs them side by side. The functions read the objects that orjson built from an
+ * event, the same objects that the Python code reads.
+ *
+ * check_output(output) -> (status_code, source_key, version_id, input_id) | None
+ *     The C twin of app.models.fast_output_fields.
+ *
+ * route_outputs(outputs, caller_user_id, plans) -> (counts, decisions) | None
+ *     None when an output fails check_output: the caller then routes the whole
+ *     event in Python, which also writes the dead-letter reasons. Otherwise counts
+ *     is (skipped_status, unwatched) and decisions lists, in the order the Python
+ *     router visits them, one entry per collector that the event concerns:
+ *       (plan, matched, dropped_sample, dropped_rule, survivors) for a plan that
+ *       C decides, survivors being output indices; and
+ *       (plan, indices) for a plan that Python must decide, with the indices of
+ *       the outputs of its model.
+ *     plans maps a model source key to a tuple of plans; routing.py's `_plan`
+ *     documents the fields.
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#define SUCCESS_CODE 10000
+#define MAX_METADATA_DEPTH 64
+
+/* ---- SHA-256 (FIPS 180-4) ------------------------------------------------ */
+
+static const uint32_t K256[64] = {
+    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1,
+    0x923f82a4, 0xab1c5ed5, 0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3,
+    0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786,
+    0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+    0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147,
+    0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13,
+    0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b,
+    0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+    0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a,
+    0x5b9cca4f, 0x682e6ff3, 0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208,
+    0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2};
+
+#define ROTR(x, n) (((x) >> (n)) | ((x) << (32 - (n))))
+
+static void sha256_block(uint32_t state[8], const unsigned char block[64]) {
+    uint32_t w[64];
+    for (int i = 0; i < 16; i++) {
+        w[i] = ((uint32_t)block[4 * i] << 24) | ((uint32_t)block[4 * i + 1] << 16) |
+               ((uint32_t)block[4 * i + 2] << 8) | (uint32_t)block[4 * i + 3];
+    }
+    for (int i = 16; i < 64; i++) {
+        uint32_t s0 = ROTR(w[i - 15], 7) ^ ROTR(w[i - 15], 18) ^ (w[i - 15] >> 3);
+        uint32_t s1 = ROTR(w[i - 2], 17) ^ ROTR(w[i - 2], 19) ^ (w[i - 2] >> 10);
+        w[i] = w[i - 16] + s0 + w[i - 7] + s1;
+    }
+    uint32_t a = state[0], b = state[1], c = state[2], d = state[3];
+    uint32_t e = state[4], f = state[5], g = state[6], h = state[7];
+    for (int i = 0; i < 64; i++) {
+        uint32_t t1 = h + (ROTR(e, 6) ^ ROTR(e, 11) ^ ROTR(e, 25)) +
+                      ((e & f) ^ (~e & g)) + K256[i] + w[i];
+        uint32_t t2 = (ROTR(a, 2) ^ ROTR(a, 13) ^ ROTR(a, 22)) +
+                      ((a & b) ^ (a & c) ^ (b & c));
+        h = g;
+        g = f;
+        f = e;
+        e = d + t1;
+        d = c;
+        c = b;
+        b = a;
+        a = t1 + t2;
+    }
+    state[0] += a;
+    state[1] += b;
+    state[2] += c;
+    state[3] += d;
+    state[4] += e;
+    state[5] += f;
+    state[6] += g;
+    state[7] += h;
+}
+
+/* Writes the SHA-256 digest of prefix followed by rest to digest. */
+static void sha256_two(const char *prefix, Py_ssize_t prefix_len, const char *rest,
+                       Py_ssize_t rest_len, unsigned char digest[32]) {
+    uint32_t state[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
+                         0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
+    unsigned char block[64];
+    size_t filled = 0;
+    uint64_t total = (uint64_t)prefix_len + (uint64_t)rest_len;
+    const char *parts[2] = {prefix, rest};
+    Py_ssize_t lengths[2] = {prefix_len, rest_len};
+    for (int p = 0; p < 2; p++) {
+        const unsigned char *data = (const unsigned char *)parts[p];
+        size_t left = (size_t)lengths[p];
+        while (left > 0) {
+            size_t take = 64 - filled;
+            if (take > left) take = left;
+            memcpy(block + filled, data, take);
+            filled += take;
+            data += take;
+            left -= take;
+            if (filled == 64) {
+                sha256_block(state, block);
+                filled = 0;
+            }
+        }
+    }
+    block[filled++] = 0x80;
+    if (filled > 56) {
+        memset(block + filled, 0, 64 - filled);
+        sha256_block(state, block);
+        filled = 0;
+    }
+    memset(block + filled, 0, 56 - filled);
+    uint64_t bits = total * 8;
+    for (int i = 0; i < 8; i++) block[56 + i] = (unsigned char)(bits >> (56 - 8 * i));
+    sha256_block(state, block);
+    for (int i = 0; i < 8; i++) {
+        digest[4 * i] = (unsigned char)(state[i] >> 24);
+        digest[4 * i + 1] = (unsigned char)(state[i] >> 16);
+        digest[4 * i + 2] = (unsigned char)(state[i] >> 8);
+        digest[4 * i + 3] = (unsigned char)state[i];
+    }
+}
+
+static PyObject *py_sha256(PyObject *self, PyObject *args) {
+    const char *data;
+    Py_ssize_t length;
+    if (!PyArg_ParseTuple(args, "y#", &data, &length)) return NULL;
+    unsigned char digest[32];
+    sha256_two(data, length, "", 0, digest);
+    return PyBytes_FromStringAndSize((const char *)digest, 32);
+}
+
+/* ---- Interned keys ------------------------------------------------------- */
+
+static PyObject *s_id, *s_model, *s_user_id, *s_app_id, *s_model_version, *s_input,
+    *s_data, *s_status, *s_code, *s_metadata, *s_image, *s_text, *s_url, *s_base64,
+    *s_raw, *s_concepts, *s_name, *s_value, *s_empty;
+
+static int intern_keys(void) {
+#define INTERN(var, text)                            \
+    if (!(var = PyUnicode_InternFromString(text))) { \
+        return -1;                                   \
+    }
+    INTERN(s_id, "id");
+    INTERN(s_model, "model");
+    INTERN(s_user_id, "user_id");
+    INTERN(s_app_id, "app_id");
+    INTERN(s_model_version, "model_version");
+    INTERN(s_input, "input");
+    INTERN(s_data, "data");
+    INTERN(s_status, "status");
+    INTERN(s_code, "code");
+    INTERN(s_metadata, "metadata");
+    INTERN(s_image, "image");
+    INTERN(s_text, "text");
+    INTERN(s_url, "url");
+    INTERN(s_base64, "base64");
+    INTERN(s_raw, "raw");
+    INTERN(s_concepts, "concepts");
+    INTERN(s_name, "name");
+    INTERN(s_value, "value");
+    INTERN(s_empty, "");
+#undef INTERN
+    return 0;
+}
+
+/* dict.get(key) for an exact dict: a borrowed reference, or NULL when the key is
+ * missing. The keys here are str, whose lookup cannot fail among str keys. An
+ * error from a key of another type is cleared, and the key counts as missing. */
+static PyObject *get(PyObject *dict, PyObject *key) {
+    PyObject *value = PyDict_GetItemWithError(dict, key);
+    if (value == NULL && PyErr_Occurred()) PyErr_Clear();
+    return value;
+}
+
+static int is_non_empty_str(PyObject *value) {
+    return value != NULL && PyUnicode_CheckExact(value) &&
+           PyUnicode_GET_LENGTH(value) > 0;
+}
+
+/* Whether `not value.strip()` is false: the str has a non-whitespace character. */
+static int has_non_space(PyObject *text) {
+    Py_ssize_t length = PyUnicode_GET_LENGTH(text);
+    int kind = PyUnicode_KIND(text);
+    const void *data = PyUnicode_DATA(text);
+    for (Py_ssize_t i = 0; i < length; i++) {
+        if (!Py_UNICODE_ISSPACE(PyUnicode_READ(kind, data, i))) return 1;
+    }
+    return 0;
+}
+
+/* app.models._nests_deeper */
+static int nests_deeper(PyObject *container, int levels_left) {
+    if (levels_left < 0) return 1;
+    if (PyDict_Check(container)) {
+        Py_ssize_t pos = 0;
+        PyObject *key, *child;
+        while (PyDict_Next(container, &pos, &key, &child)) {
+            if ((PyDict_Check(child) || PyList_Check(child)) &&
+                nests_deeper(child, levels_left - 1))
+                return 1;
+        }
+    } else {
+        Py_ssize_t size = PyList_GET_SIZE(container);
+        for (Py_ssize_t i = 0; i < size; i++) {
+            PyObject *child = PyList_GET_ITEM(container, i);
+            if ((PyDict_Check(child) || PyList_Check(child)) &&
+                nests_deeper(child, levels_left - 1))
+                return 1;
+        }
+    }
+    return 0;
+}
+
+/* Checks a str field of an image or text part, "" when missing. Returns 0 when
+ * it is not a str, and sets *non_empty when it is a non-empty one. */
+static int part_field(PyObject *part, PyObject *key, int *non_empty) {
+    PyObject *value = get(part, key);
+    if (value == NULL) return 1;
+    if (!PyUnicode_CheckExact(value)) return 0;
+    if (PyUnicode_GET_LENGTH(value) > 0) *non_empty = 1;
+    return 1;
+}
+
+/* app.models._is_plain_input_data */
+static int is_plain_input_data(PyObject *data) {
+    if (data == NULL || !PyDict_CheckExact(data)) return 0;
+    PyObject *metadata = get(data, s_metadata);
+    if (metadata != NULL && metadata != Py_None) {
+        if (!PyDict_CheckExact(metadata)) return 0;
+        Py_ssize_t pos = 0;
+        PyObject *key, *value;
+        while (PyDict_Next(metadata, &pos, &key, &value)) {
+            if (!PyUnicode_CheckExact(key)) return 0;
+        }
+        if (nests_deeper(metadata, MAX_METADATA_DEPTH - 1)) return 0;
+    }
+    int has_content = 0;
+    PyObject *parts[2][3] = {{s_image, s_url, s_base64}, {s_text, s_raw, s_url}};
+    for (int i = 0; i < 2; i++) {
+        PyObject *part = get(data, parts[i][0]);
+        if (part == NULL || part == Py_None) continue;
+        if (!PyDict_CheckExact(part)) return 0;
+        if (!part_field(part, parts[i][1], &has_content)) return 0;
+        if (!part_field(part, parts[i][2], &has_content)) return 0;
+    }
+    return has_content;
+}
+
+/* Returns the value of a concept that passed the check, as a double. */
+static double concept_value(PyObject *concept) {
+    PyObject *value = get(concept, s_value);
+    if (PyFloat_CheckExact(value)) return PyFloat_AS_DOUBLE(value);
+    return (double)PyLong_AsLong(value); /* 0 or 1, checked */
+}
+
+/* app.models._are_plain_concepts */
+static int are_plain_concepts(PyObject *data) {
+    if (!PyDict_CheckExact(data)) return 0;
+    PyObject *concepts = get(data, s_concepts);
+    if (concepts == NULL) return 1;
+    if (!PyList_CheckExact(concepts)) return 0;
+    Py_ssize_t size = PyList_GET_SIZE(concepts);
+    for (Py_ssize_t i = 0; i < size; i++) {
+        PyObject *concept = PyList_GET_ITEM(concepts, i);
+        if (!PyDict_CheckExact(concept)) return 0;
+        if (!is_non_empty_str(get(concept, s_id))) return 0;
+        PyObject *name = get(concept, s_name);
+        if (name != NULL && !PyUnicode_CheckExact(name)) return 0;
+        PyObject *value = get(concept, s_value);
+        if (value == NULL) return 0;
+        if (PyFloat_CheckExact(value)) {
+            double number = PyFloat_AS_DOUBLE(value);
+            if (!(0.0 <= number && number <= 1.0)) return 0;
+        } else if (PyLong_CheckExact(value)) {
+            int overflow = 0;
+            long long number = PyLong_AsLongLongAndOverflow(value, &overflow);
+            if (overflow || number < 0 || number > 1) return 0;
+        } else {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+typedef struct {
+    PyObject *output;     /* borrowed */
+    PyObject *source_key; /* new reference */
+    PyObject *version_id; /* borrowed */
+    PyObject *input_id;   /* borrowed */
+    PyObject *data;       /* borrowed, NULL when empty */
+    int failed;
+    int has_data;
+    int group;
+} Candidate;
+
+/* app.models.fast_output_fields, filling `candidate`. Returns 1 when the output
+ * passes, 0 when it does not, -1 on a memory error. */
+static int check(PyObject *output, Candidate *candidate) {
+    if (!PyDict_CheckExact(output)) return 0;
+    PyObject *output_id = get(output, s_id);
+    if (output_id != NULL && !PyUnicode_CheckExact(output_id)) return 0;
+    PyObject *model = get(output, s_model);
+    if (model == NULL || !PyDict_CheckExact(model)) return 0;
+    PyObject *model_id = get(model, s_id);
+    PyObject *user_id = get(model, s_user_id);
+    PyObject *app_id = get(model, s_app_id);
+    if (!is_non_empty_str(model_id) || !is_non_empty_str(user_id) ||
+        !is_non_empty_str(app_id))
+        return 0;
+    PyObject *version = get(model, s_model_version);
+    PyObject *version_id = s_empty;
+    if (version != NULL && version != Py_None) {
+        if (!PyDict_CheckExact(version)) return 0;
+        version_id = get(version, s_id);
+        if (version_id == NULL) version_id = s_empty;
+        if (!PyUnicode_CheckExact(version_id)) return 0;
+    }
+    PyObject *input = get(output, s_input);
+    if (input == NULL || !PyDict_CheckExact(input)) return 0;
+    PyObject *input_id = get(input, s_id);
+    if (input_id == NULL || !PyUnicode_CheckExact(input_id) || !has_non_space(input_id))
+        return 0;
+    if (!is_plain_input_data(get(input, s_data))) return 0;
+    PyObject *data = get(output, s_data);
+    if (data != NULL && !are_plain_concepts(data)) return 0;
+    int failed = 0;
+    PyObject *status = get(output, s_status);
+    if (status != NULL) {
+        if (!PyDict_CheckExact(status)) return 0;
+        PyObject *code = get(status, s_code);
+        if (code != NULL) {
+            if (!PyLong_CheckExact(code)) return 0;
+            int overflow = 0;
+            long long number = PyLong_AsLongLongAndOverflow(code, &overflow);
+            failed = overflow || number != SUCCESS_CODE;
+        }
+    }
+    PyObject *source_key = PyUnicode_FromFormat("%U/%U/%U", user_id, app_id, model_id);
+    if (source_key == NULL) return -1;
+    /* output.get("data") or {} and any(data.values()) */
+    int has_data = 0;
+    if (data != NULL) {
+        Py_ssize_t pos = 0;
+        PyObject *key, *value;
+        while (PyDict_Next(data, &pos, &key, &value)) {
+            int truth = PyObject_IsTrue(value);
+            if (truth < 0) {
+                Py_DECREF(source_key);
+                return -1;
+            }
+            if (truth) {
+                has_data = 1;
+                break;
+            }
+        }
+        if (PyDict_GET_SIZE(data) == 0) data = NULL;
+    }
+    candidate->output = output;
+    candidate->source_key = source_key;
+    candidate->version_id = version_id;
+    candidate->input_id = input_id;
+    candidate->data = data;
+    candidate->failed = failed;
+    candidate->has_data = has_data;
+    candidate->group = -1;
+    return 1;
+}
+
+static PyObject *py_check_output(PyObject *self, PyObject *output) {
+    Candidate candidate;
+    int ok = check(output, &candidate);
+    if (ok < 0) return NULL;
+    if (ok == 0) Py_RETURN_NONE;
+    PyObject *code = PyLong_FromLong(SUCCESS_CODE);
+    PyObject *status = get(output, s_status);
+    if (status != NULL && get(status, s_code) != NULL) {
+        Py_DECREF(code);
+        code = get(status, s_code);
+        Py_INCREF(code);
+    }
+    return Py_BuildValue("(NNOO)", code, candidate.source_key, candidate.version_id,
+                         candidate.input_id);
+}
+
+/* ---- Plans ----------------------------------------------------------------- */
+
+/* Indices into a plan tuple; routing.py's `_plan` builds them. */
+enum {
+    P_VIEW,
+    P_PYTHON,
+    P_ACTIVE,
+    P_CALLER,
+    P_VERSION,
+    P_COLLECT_FAILED,
+    P_BROKEN,
+    P_SAMPLES,
+    P_SEED_PREFIX,
+    P_LIMIT,
+    P_RULE,
+    P_THRESHOLD,
+    P_COMPARATOR,
+    P_THRESHOLDS,
+    P_NODE_ID,
+    P_SIZE
+};
+
+enum { RULE_NONE = 0, RULE_MAX_BELOW = 1, RULE_MIN_ABOVE = 2, RULE_THRESHOLDER = 3 };
+
+static int is_close(double a, double b) {
+    /* math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9) */
+    const double rel_tol = 1e-9, abs_tol = 1e-9;
+    if (a == b) return 1;
+    if (isinf(a) || isinf(b)) return 0;
+    double diff = fabs(b - a);
+    return diff <= fabs(rel_tol * b) || diff <= fabs(rel_tol * a) || diff <= abs_tol;
+}
+
+static int compare(int comparator, double value, double threshold) {
+    switch (comparator) {
+        case 1: return value > threshold;
+        case 2: return value >= threshold;
+        case 3: return value < threshold;
+        case 4: return value <= threshold;
+        default: return is_close(value, threshold);
+    }
+}
+
+/* Runs the plan's one-node workflow on data with content (the caller checks
+ * has_data first). */
+static int rule_passes(PyObject *plan, PyObject *data) {
+    long rule = PyLong_AsLong(PyTuple_GET_ITEM(plan, P_RULE));
+    PyObject *concepts = get(data, s_concepts);
+    if (concepts == NULL || PyList_GET_SIZE(concepts) == 0) return 0;
+    Py_ssize_t size = PyList_GET_SIZE(concepts);
+    if (rule == RULE_THRESHOLDER) {
+        PyObject *thresholds = PyTuple_GET_ITEM(plan, P_THRESHOLDS);
+        int comparator = (int)PyLong_AsLong(PyTuple_GET_ITEM(plan, P_COMPARATOR));
+        for (Py_ssize_t i = 0; i < size; i++) {
+            PyObject *concept = PyList_GET_ITEM(concepts, i);
+            PyObject *threshold = get(thresholds, get(concept, s_id));
+            if (threshold == NULL) {
+                PyObject *name = get(concept, s_name);
+                if (name != NULL) threshold = get(thresholds, name);
+            }
+            if (threshold != NULL &&
+                compare(comparator, concept_value(concept), PyFloat_AS_DOUBLE(threshold)))
+                return 1;
+        }
+        return 0;
+    }
+    double threshold = PyFloat_AS_DOUBLE(PyTuple_GET_ITEM(plan, P_THRESHOLD));
+    for (Py_ssize_t i = 0; i < size; i++) {
+        double value = concept_value(PyList_GET_ITEM(concepts, i));
+        if (rule == RULE_MAX_BELOW ? value >= threshold : value <= threshold) return 0;
+    }
+    return 1;
+}
+
+/* Compares like Python's `digest < limit` on bytes. */
+static int digest_below(const unsigned char digest[32], PyObject *limit) {
+    Py_ssize_t limit_len = PyBytes_GET_SIZE(limit);
+    Py_ssize_t common = limit_len < 32 ? limit_len : 32;
+    int order = memcmp(digest, PyBytes_AS_STRING(limit), (size_t)common);
+    if (order != 0) return order < 0;
+    return 32 < limit_len;
+}
+
+static int caller_matches(PyObject *plan, PyObject *caller_user_id) {
+    if (PyTuple_GET_ITEM(plan, P_ACTIVE) != Py_True) return 0;
+    PyObject *required = PyTuple_GET_ITEM(plan, P_CALLER);
+    if (required == Py_None) return 1;
+    return PyUnicode_Compare(required, caller_user_id) == 0;
+}
+
+/* Appends the decision of one native plan on one group of candidates, if any
+ * candidate matches. Returns -1 on error. */
+static int decide(PyObject *plan, Candidate *candidates, Py_ssize_t count, int group,
+                  PyObject *decisions) {
+    PyObject *version_id = PyTuple_GET_ITEM(plan, P_VERSION);
+    int any_version = PyUnicode_GET_LENGTH(version_id) == 0;
+    int collect_failed = PyTuple_GET_ITEM(plan, P_COLLECT_FAILED) == Py_True;
+    int broken = PyTuple_GET_ITEM(plan, P_BROKEN) == Py_True;
+    int samples = PyTuple_GET_ITEM(plan, P_SAMPLES) == Py_True;
+    long rule = PyLong_AsLong(PyTuple_GET_ITEM(plan, P_RULE));
+    PyObject *prefix = PyTuple_GET_ITEM(plan, P_SEED_PREFIX);
+    PyObject *limit = PyTuple_GET_ITEM(plan, P_LIMIT);
+    Py_ssize_t matched = 0, dropped_sample = 0, dropped_rule = 0;
+    PyObject *survivors = PyList_New(0);
+    if (survivors == NULL) return -1;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Candidate *candidate = &candidates[i];
+        if (candidate->group != group) continue;
+        if (candidate->failed && !collect_failed) continue;
+        if (!any_version && PyUnicode_Compare(candidate->version_id, version_id) != 0)
+            continue;
+        matched++;
+        if (broken) continue;
+        if (samples) {
+            Py_ssize_t id_len;
+            const char *id_utf8 = PyUnicode_AsUTF8AndSize(candidate->input_id, &id_len);
+            if (id_utf8 == NULL) goto error;
+            unsigned char digest[32];
+            sha256_two(PyBytes_AS_STRING(prefix), PyBytes_GET_SIZE(prefix), id_utf8,
+                       id_len, digest);
+            if (!digest_below(digest, limit)) {
+                dropped_sample++;
+                continue;
+            }
+        }
+        if (rule != RULE_NONE && !candidate->failed) {
+            if (!candidate->has_data || !rule_passes(plan, candidate->data)) {
+                dropped_rule++;
+                continue;
+            }
+        }
+        PyObject *index = PyLong_FromSsize_t(i);
+        if (index == NULL || PyList_Append(survivors, index) < 0) {
+            Py_XDECREF(index);
+            goto error;
+        }
+        Py_DECREF(index);
+    }
+    if (matched == 0) {
+        Py_DECREF(survivors);
+        return 0;
+    }
+    PyObject *entry = Py_BuildValue("(OnnnN)", plan, matched, dropped_sample,
+                                    dropped_rule, survivors);
+    if (entry == NULL) return -1;
+    int status = PyList_Append(decisions, entry);
+    Py_DECREF(entry);
+    return status;
+error:
+    Py_DECREF(survivors);
+    return -1;
+}
+
+static int python_decision(PyObject *plan, Candidate *candidates, Py_ssize_t count,
+                           int group, PyObject *decisions) {
+    PyObject *indices = PyList_New(0);
+    if (indices == NULL) return -1;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        if (candidates[i].group != group) continue;
+        PyObject *index = PyLong_FromSsize_t(i);
+        if (index == NULL || PyList_Append(indices, index) < 0) {
+            Py_XDECREF(index);
+            Py_DECREF(indices);
+            return -1;
+        }
+        Py_DECREF(index);
+    }
+    PyObject *entry = Py_BuildValue("(ON)", plan, indices);
+    if (entry == NULL) return -1;
+    int status = PyList_Append(decisions, entry);
+    Py_DECREF(entry);
+    return status;
+}
+
+static PyObject *py_route_outputs(PyObject *self, PyObject *args) {
+    PyObject *outputs, *caller_user_id, *plans;
+    if (!PyArg_ParseTuple(args, "O!UO!", &PyList_Type, &outputs, &caller_user_id,
+                          &PyDict_Type, &plans))
+        return NULL;
+    Py_ssize_t count = PyList_GET_SIZE(outputs);
+    Candidate *candidates = PyMem_Calloc(count > 0 ? (size_t)count : 1, sizeof(Candidate));
+    if (candidates == NULL) return PyErr_NoMemory();
+    /* Groups by source key, in order of first appearance. */
+    PyObject **group_plans = PyMem_Calloc(count > 0 ? (size_t)count : 1, sizeof(PyObject *));
+    PyObject *result = NULL, *decisions = NULL;
+    Py_ssize_t checked = 0, groups = 0, skipped_status = 0, unwatched = 0;
+    if (group_plans == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        int ok = check(PyList_GET_ITEM(outputs, i), &candidates[i]);
+        if (ok < 0) goto done;
+        if (ok == 0) {
+            result = Py_None;
+            Py_INCREF(result);
+            goto done;
+        }
+        checked++;
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Candidate *candidate = &candidates[i];
+        PyObject *views = get(plans, candidate->source_key);
+        if (views == NULL || PyTuple_GET_SIZE(views) == 0) {
+            if (candidate->failed)
+                skipped_status++;
+            else
+                unwatched++;
+            continue;
+        }
+        int group = -1;
+        for (Py_ssize_t g = 0; g < groups; g++) {
+            if (group_plans[g] == views) {
+                group = (int)g;
+                break;
+            }
+        }
+        if (group < 0) {
+            group = (int)groups;
+            group_plans[groups++] = views;
+        }
+        candidate->group = group;
+    }
+    decisions = PyList_New(0);
+    if (decisions == NULL) goto done;
+    for (Py_ssize_t g = 0; g < groups; g++) {
+        PyObject *views = group_plans[g];
+        Py_ssize_t size = PyTuple_GET_SIZE(views);
+        for (Py_ssize_t v = 0; v < size; v++) {
+            PyObject *plan = PyTuple_GET_ITEM(views, v);
+            if (!caller_matches(plan, caller_user_id)) continue;
+            int status = PyTuple_GET_ITEM(plan, P_PYTHON) == Py_True
+                             ? python_decision(plan, candidates, count, (int)g, decisions)
+                             : decide(plan, candidates, count, (int)g, decisions);
+            if (status < 0) goto done;
+        }
+    }
+    result = Py_BuildValue("((nn)O)", skipped_status, unwatched, decisions);
+done:
+    for (Py_ssize_t i = 0; i < checked; i++) Py_XDECREF(candidates[i].source_key);
+    PyMem_Free(candidates);
+    PyMem_Free(group_plans);
+    Py_XDECREF(decisions);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"check_output", py_check_output, METH_O,
+     "The routing fields of an output that PredictionOutput is sure to accept."},
+    {"route_outputs", py_route_outputs, METH_VARARGS,
+     "Stage one's decisions for the outputs of one event."},
+    {"sha256", py_sha256, METH_VARARGS, "The SHA-256 digest of bytes."},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_stage_one",
+                                    "Stage one's per-output work in C.", -1, methods};
+
+PyMODINIT_FUNC PyInit__stage_one(void) {
+    if (intern_keys() < 0) return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL) return NULL;
+    if (PyModule_AddIntConstant(m, "PLAN_SIZE", P_SIZE) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -1,0 +1,472 @@
+"""The C extension agents._stage_one against the Python stage one it replaces.
+
+Both must decide alike on every event, so each test runs the same events through
+a Router with the extension and one without, and compares everything stage one
+produces: queue items, dead letters, totals, funnels and rule drops.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+from types import MappingProxyType
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from agents.routing import Router, RouteResult, native_available
+from agents.stats import WorkerStats
+from app.config_cache import CollectorView, ConfigSnapshot
+from app.models import COLLECTOR_ACTIVE, CollectorRecord, fast_output_fields
+from bench import collectors as bench_collectors
+from bench import dataset
+from rules.workflow import compile_workflow
+from tests.harness import event, output
+
+if not native_available():
+    if os.environ.get("CI"):
+        raise RuntimeError(
+            "agents._stage_one is not built; `make install` builds it with gcc"
+        )
+    pytest.skip("agents._stage_one is not built", allow_module_level=True)
+
+from agents import _stage_one
+
+MODEL = ("owner", "models", "classifier")
+OTHER_MODEL = ("owner", "models", "detector")
+FOREIGN_MODEL = ("someone-else", "public", "general")
+UNWATCHED_MODEL = ("owner", "models", "unwatched")
+
+
+def node(node_id: str, model_type_id: str, **params: Any) -> dict[str, Any]:
+    return {
+        "id": node_id,
+        "model": {
+            "id": node_id,
+            "model_type_id": model_type_id,
+            "output_info": {"params": params},
+        },
+    }
+
+
+def thresholder(
+    node_id: str, concepts: list[dict[str, Any]], comparator: Any = None
+) -> dict[str, Any]:
+    params = {} if comparator is None else {"concept_threshold_type": comparator}
+    return {
+        "id": node_id,
+        "model": {
+            "id": node_id,
+            "model_type_id": "concept-thresholder",
+            "output_info": {"params": params, "data": {"concepts": concepts}},
+        },
+    }
+
+
+def view(
+    collector_id: str,
+    nodes: list[dict[str, Any]] | None = None,
+    model: tuple[str, str, str] = MODEL,
+    broken_reason: str = "",
+    **fields: Any,
+) -> CollectorView:
+    user_id, app_id, model_id = model
+    owner = fields.pop("user_id", user_id)
+    record = CollectorRecord(
+        user_id=owner,
+        app_id="dataset",
+        id=collector_id,
+        model_user_id=user_id,
+        model_app_id=app_id,
+        model_id=model_id,
+        pre_queue_workflow_id="wf" if nodes else "",
+        **fields,
+    )
+    workflow = compile_workflow({"id": "wf", "nodes": nodes}) if nodes else None
+    return CollectorView(
+        record, record.key, "", workflow, None, (), broken_reason=broken_reason
+    )
+
+
+def snapshot_of(views: list[CollectorView]) -> ConfigSnapshot:
+    by_source: dict[str, tuple[CollectorView, ...]] = {}
+    for item in views:
+        source = item.record.source_key
+        by_source[source] = (*by_source.get(source, ()), item)
+    return ConfigSnapshot(
+        by_key=MappingProxyType({item.key: item for item in views}),
+        by_source=MappingProxyType(by_source),
+    )
+
+
+def every_kind_of_collector() -> ConfigSnapshot:
+    """Collectors of every plan the extension decides, and of every plan it
+    leaves to Python."""
+    remote = node("remote", "visual-classifier", base_url="http://127.0.0.1:9/p")
+    return snapshot_of(
+        [
+            view("sample", pre_queue_random_sample=0.5),
+            view("below", [node("n", "max-probability-below", threshold=0.8)]),
+            view("above", [node("n", "min-probability-above", threshold=0.3)]),
+            view("gt", [thresholder("t", [{"id": "cat", "value": 0.5}])]),
+            view(
+                "equal-by-name",
+                [thresholder("t", [{"name": "dog", "value": 0.25}], 5)],
+            ),
+            view(
+                "lt",
+                [thresholder("t", [{"id": "cat", "value": 0.4}], "LESS_THAN")],
+            ),
+            view(
+                "sample-and-ge",
+                [thresholder("t", [{"id": "dog", "value": 0.3}], 2)],
+                pre_queue_random_sample=0.6,
+            ),
+            view(
+                "le",
+                [thresholder("t", [{"id": "cat", "value": 1}], 4)],
+            ),
+            view("sticky", pre_queue_random_sample=0.5, sample_key="group"),
+            view(
+                "two-nodes",
+                [
+                    node("a", "max-probability-below", threshold=0.9),
+                    {
+                        **node("b", "min-probability-above", threshold=0.1),
+                        "node_inputs": [{"node_id": "a"}],
+                    },
+                ],
+            ),
+            view("remote", [remote]),
+            view("margin", [node("m", "margin-below", threshold=0.3)]),
+            view("broken", broken_reason="workflow 'gone' does not exist"),
+            view("paused", status_code=52002),
+            view("one-caller", caller_user_id="caller-2"),
+            view("foreign", model=FOREIGN_MODEL, user_id="owner"),
+            view("version-2", model_version_id="v2", pre_queue_random_sample=0.7),
+            view(
+                "failed-too",
+                [node("n", "max-probability-below", threshold=0.7)],
+                collect_failed_predictions=True,
+                pre_queue_random_sample=0.8,
+            ),
+            view("outputs", collect_outputs=True, pre_queue_random_sample=0.4),
+            view("other-model", model=OTHER_MODEL),
+        ]
+    )
+
+
+def route_both(
+    values: list[bytes], snapshot: ConfigSnapshot
+) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    outcomes = []
+    for native in (False, True):
+        stats = WorkerStats()
+        router = Router(1_000_000, stats, native=native)
+        result = RouteResult()
+        for value in values:
+            router.route(value, snapshot, result)
+        outcomes.append(
+            (
+                list(result.batches.items()),
+                result.dead_letters,
+                +stats.totals,
+                {key: +counts for key, counts in stats.funnel.items()},
+                +stats.rule_drops,
+            )
+        )
+    return outcomes[0], outcomes[1]
+
+
+def assert_same(values: list[bytes], snapshot: ConfigSnapshot) -> tuple[Any, ...]:
+    python, native = route_both(values, snapshot)
+    names = ("batches", "dead letters", "totals", "funnels", "rule drops")
+    for name, expected, actual in zip(names, python, native, strict=True):
+        assert actual == expected, f"{name} differ"
+    return native
+
+
+@pytest.mark.parametrize("length", [0, 1, 55, 56, 63, 64, 65, 119, 120, 1000])
+def test_sha256_matches_hashlib(length: int) -> None:
+    data = bytes(range(256)) * 4
+    assert _stage_one.sha256(data[:length]) == hashlib.sha256(data[:length]).digest()
+
+
+def varied_outputs() -> list[dict[str, Any]]:
+    """Outputs of the watched models and others, failed, in two versions, with int
+    concept values, names missing, empty or missing data."""
+    outputs = []
+    for index in range(40):
+        models = (MODEL, MODEL, MODEL, OTHER_MODEL, FOREIGN_MODEL, UNWATCHED_MODEL)
+        model = models[index % len(models)]
+        value = (index * 37 % 100) / 100
+        concepts = [("cat", value), ("dog", round(1 - value, 2)), ("bird", 0.25)]
+        item = output(
+            f"in-{index}",
+            model=model,
+            concepts=concepts,
+            version=("v1", "v2")[index % 2],
+            metadata={"group": f"g{index % 4}"} if index % 3 else {},
+            status_code=10000 if index % 7 else 21100,
+        )
+        if index % 11 == 0:
+            item["data"]["concepts"][0]["value"] = index % 2
+        if index % 13 == 0:
+            del item["data"]["concepts"][1]["name"]
+        if index % 4 == 1:
+            # Thresholds by name apply only when the id has none.
+            item["data"]["concepts"][1]["id"] = "dog-id"
+        if index % 17 == 0:
+            item["data"] = {}
+        if index % 19 == 0:
+            del item["data"]
+        outputs.append(item)
+    return outputs
+
+
+@pytest.mark.parametrize("caller", ["caller-1", "caller-2", "owner"])
+def test_every_collector_kind_routes_alike(caller: str) -> None:
+    outputs = varied_outputs()
+    values = [
+        event(f"e{start}", outputs[start : start + size], caller=caller)
+        for start, size in ((0, 1), (1, 7), (8, 16), (24, 16))
+    ]
+    batches, _, totals, funnels, rule_drops = assert_same(
+        values, every_kind_of_collector()
+    )
+    # The comparison means something only if the events reached every path.
+    assert totals["outputs_unwatched"] > 0
+    assert totals["outputs_skipped_status"] > 0
+    assert {"owner/dataset/remote", "owner/dataset/sticky"} <= dict(batches).keys()
+    assert funnels["owner/dataset/broken"]["dropped_pre_queue"] > 0
+    assert any(key[0] == "owner/dataset/lt" for key in rule_drops)
+    assert "owner/dataset/paused" not in funnels
+
+
+def test_failed_unwatched_output_counts_alike() -> None:
+    failed = output("x", model=OTHER_MODEL, status_code=21100)
+    snapshot = snapshot_of([view("sample", pre_queue_random_sample=0.5)])
+    _, _, totals, _, _ = assert_same([event("e", [failed])], snapshot)
+    assert totals["outputs_skipped_status"] == 1
+
+
+# Values that break the output check in every way it looks for.
+ODD_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.sampled_from([0, 1, 2, -1, 10000, 21100, 0.0, 1.0, 1.5, -0.1]),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from(["", " ", "\u2003", "\x1c", "x", " y ", "v2", "cat", "dog"]),
+    st.lists(st.integers(0, 1), max_size=2),
+    st.dictionaries(st.sampled_from(["id", "url", "value"]), st.just("v"), max_size=2),
+)
+
+# Paths into an output of tests.harness.output.
+PATHS = [
+    (),
+    ("id",),
+    ("status",),
+    ("status", "code"),
+    ("model",),
+    ("model", "id"),
+    ("model", "user_id"),
+    ("model", "app_id"),
+    ("model", "model_version"),
+    ("model", "model_version", "id"),
+    ("input",),
+    ("input", "id"),
+    ("input", "data"),
+    ("input", "data", "image"),
+    ("input", "data", "image", "url"),
+    ("input", "data", "image", "base64"),
+    ("input", "data", "text"),
+    ("input", "data", "text", "raw"),
+    ("input", "data", "metadata"),
+    ("input", "data", "metadata", "group"),
+    ("data",),
+    ("data", "concepts"),
+    ("data", "concepts", 0),
+    ("data", "concepts", 0, "id"),
+    ("data", "concepts", 0, "name"),
+    ("data", "concepts", 0, "value"),
+    ("data", "concepts", 1, "value"),
+]
+
+
+def mutate(document: dict[str, Any], path: tuple[Any, ...], value: Any) -> Any:
+    """Set the value at `path`, or delete it when the value is `...`. Return the
+    document, which is the value itself when the path is empty."""
+    if not path:
+        return value
+    parent: Any = document
+    for step in path[:-1]:
+        if isinstance(parent, dict) and isinstance(step, str):
+            parent = parent.setdefault(step, {})
+        elif isinstance(parent, list) and isinstance(step, int) and step < len(parent):
+            parent = parent[step]
+        else:
+            return document
+    last = path[-1]
+    if isinstance(parent, dict) and isinstance(last, str):
+        if value is ...:
+            parent.pop(last, None)
+        else:
+            parent[last] = value
+    elif isinstance(parent, list) and isinstance(last, int) and last < len(parent):
+        if value is ...:
+            del parent[last]
+        else:
+            parent[last] = value
+    return document
+
+
+MUTATIONS = st.lists(
+    st.tuples(st.sampled_from(PATHS), st.one_of(st.just(...), ODD_VALUES)),
+    min_size=1,
+    max_size=3,
+)
+
+
+def mutated_output(mutations: list[tuple[tuple[Any, ...], Any]]) -> Any:
+    document: Any = output("in-1", concepts=[("cat", 0.6), ("dog", 0.3)])
+    for path, value in mutations:
+        if isinstance(document, dict):
+            document = mutate(document, path, copy.deepcopy(value))
+    return document
+
+
+@settings(max_examples=400, deadline=None)
+@given(MUTATIONS)
+def test_output_check_matches_python(
+    mutations: list[tuple[tuple[Any, ...], Any]],
+) -> None:
+    document = mutated_output(mutations)
+    expected = fast_output_fields(document)
+    assert _stage_one.check_output(document) == (
+        None if expected is None else tuple(expected)
+    )
+
+
+# One change to a valid output for every rule of the output check.
+EDGE_CASES = [
+    (("input", "id"), value)
+    for value in ["", " ", "\u2003", "\x1c\x1f", "\u3000x", "x\n", 7, None]
+] + [
+    (("data", "concepts", 0, "value"), value)
+    for value in [0, 1, 2, -1, True, 0.0, 1.0, 1.0000001, -0.0, 2**64, None, "0.5"]
+] + [
+    (("status", "code"), value)
+    for value in [10000, 21100, 2**70, -(2**70), True, "10000", None, 1.0]
+] + [
+    (("model", "model_version"), None),
+    (("model", "model_version"), {}),
+    (("model", "model_version"), {"id": None}),
+    (("model", "model_version"), []),
+    (("model", "app_id"), ""),
+    (("model", "user_id"), None),
+    (("id",), None),
+    (("id",), 3),
+    (("status",), None),
+    (("status",), {}),
+    (("input", "data", "image"), None),
+    (("input", "data", "image"), {"url": ""}),
+    (("input", "data", "image"), {"url": None}),
+    (("input", "data", "image"), {"base64": "aGk="}),
+    (("input", "data", "text"), {"raw": "hi"}),
+    (("input", "data", "text"), {"raw": 1}),
+    (("input", "data", "metadata"), None),
+    (("input", "data", "metadata"), []),
+    (("data",), None),
+    (("data",), {}),
+    (("data",), {"concepts": None}),
+    (("data",), {"concepts": []}),
+    (("data",), {"concepts": [{"id": "", "value": 0.5}]}),
+    (("data",), {"concepts": [{"id": "a", "name": None, "value": 0.5}]}),
+    (("data",), {"concepts": [{"id": "a", "value": float("nan")}]}),
+    (("data",), {"other": 1}),
+]
+
+
+@pytest.mark.parametrize(("path", "value"), EDGE_CASES)
+def test_output_check_edge_cases_match_python(path: tuple[Any, ...], value: Any) -> None:
+    document = mutate(output("in-1", concepts=[("cat", 0.6)]), path, value)
+    expected = fast_output_fields(document)
+    assert _stage_one.check_output(document) == (
+        None if expected is None else tuple(expected)
+    )
+
+
+def test_output_check_rejects_subclass_and_depth() -> None:
+    class Subclass(dict):  # type: ignore[type-arg]
+        pass
+
+    document = output("in-1")
+    assert _stage_one.check_output(Subclass(document)) is None
+    assert fast_output_fields(Subclass(document)) is None
+    deep: dict[str, Any] = {}
+    cursor = deep
+    for _ in range(70):
+        cursor["next"] = {}
+        cursor = cursor["next"]
+    for depth_document in (deep, {"flat": 1}):
+        item = output("in-2", metadata=depth_document)
+        expected = fast_output_fields(item)
+        assert _stage_one.check_output(item) == (
+            None if expected is None else tuple(expected)
+        )
+    assert fast_output_fields(output("in-3", metadata=deep)) is None
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(st.lists(MUTATIONS, min_size=1, max_size=4), st.integers(0, 39))
+def test_mutated_events_route_alike(
+    mutation_lists: list[list[tuple[tuple[Any, ...], Any]]], start: int
+) -> None:
+    outputs: list[Any] = varied_outputs()[start : start + 6]
+    outputs += [mutated_output(mutations) for mutations in mutation_lists]
+    try:
+        value = event("mutated", outputs)
+    except orjson.JSONEncodeError:
+        return  # a float or int that JSON cannot carry
+    assert_same([value], every_kind_of_collector())
+
+
+def test_benchmark_events_route_alike() -> None:
+    # Every model needs a prediction or two in the quantiles.
+    events = list(dataset.events(1500))
+    quantiles = bench_collectors.measure_quantiles(events)
+    events = events[:400]
+    records, workflows = bench_collectors.build(1000, 0.1, quantiles)
+    compiled = {
+        (user_id, app_id, workflow.id): compile_workflow(
+            workflow.model_dump(exclude_none=True)
+        )
+        for (user_id, app_id), items in workflows.items()
+        for workflow in items
+    }
+    views = [
+        CollectorView(
+            record,
+            record.key,
+            "",
+            compiled.get((record.user_id, record.app_id, record.pre_queue_workflow_id)),
+            None,
+            (),
+        )
+        for record in records
+    ]
+    assert all(item.record.status_code == COLLECTOR_ACTIVE for item in views)
+    batches, _, totals, _, _ = assert_same(
+        [dataset.encode(item) for item in events], snapshot_of(views)
+    )
+    assert sum(len(items) for _, items in batches) > 100
+    assert totals["outputs_in"] == sum(len(item["outputs"]) for item in events)
