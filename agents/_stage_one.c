@@ -11,16 +11,17 @@
  *     The C twin of app.models.fast_output_fields.
  *
  * route_outputs(outputs, caller_user_id, plans) -> (counts, decisions) | None
- *     None when an output fails check_output: the caller then routes the whole
- *     event in Python, which also writes the dead-letter reasons. Otherwise counts
- *     is (skipped_status, unwatched) and decisions lists, in the order the Python
- *     router visits them, one entry per collector that the event concerns:
+ *     Returns None when an output fails check_output. The caller then routes the
+ *     whole event in Python, which also writes the dead-letter reasons.
+ *     Otherwise counts is (skipped_status, unwatched), and decisions has one
+ *     entry per collector that the event concerns, in the order that the Python
+ *     router visits them:
  *       (plan, matched, dropped_sample, dropped_rule, survivors) for a plan that
- *       C decides, survivors being output indices; and
- *       (plan, indices) for a plan that Python must decide, with the indices of
- *       the outputs of its model.
- *     plans maps a model source key to a tuple of plans; routing.py's `_plan`
- *     documents the fields.
+ *       C decides, where survivors are output indices;
+ *       (plan, indices) for a plan that Python decides, with the indices of the
+ *       outputs of its model.
+ *     plans maps a model source key to a tuple of plans, whose fields are listed
+ *     in routing.py's `_plan`.
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -49,46 +50,120 @@ static const uint32_t K256[64] = {
 
 #define ROTR(x, n) (((x) >> (n)) | ((x) << (32 - (n))))
 
-static void sha256_block(uint32_t state[8], const unsigned char block[64]) {
-    uint32_t w[64];
-    for (int i = 0; i < 16; i++) {
-        w[i] = ((uint32_t)block[4 * i] << 24) | ((uint32_t)block[4 * i + 1] << 16) |
-               ((uint32_t)block[4 * i + 2] << 8) | (uint32_t)block[4 * i + 3];
+static void sha256_blocks_portable(uint32_t state[8], const unsigned char *data,
+                                   size_t blocks) {
+    for (; blocks > 0; blocks--, data += 64) {
+        uint32_t w[64];
+        for (int i = 0; i < 16; i++) {
+            w[i] = ((uint32_t)data[4 * i] << 24) | ((uint32_t)data[4 * i + 1] << 16) |
+                   ((uint32_t)data[4 * i + 2] << 8) | (uint32_t)data[4 * i + 3];
+        }
+        for (int i = 16; i < 64; i++) {
+            uint32_t s0 = ROTR(w[i - 15], 7) ^ ROTR(w[i - 15], 18) ^ (w[i - 15] >> 3);
+            uint32_t s1 = ROTR(w[i - 2], 17) ^ ROTR(w[i - 2], 19) ^ (w[i - 2] >> 10);
+            w[i] = w[i - 16] + s0 + w[i - 7] + s1;
+        }
+
+        uint32_t a = state[0], b = state[1], c = state[2], d = state[3];
+        uint32_t e = state[4], f = state[5], g = state[6], h = state[7];
+        for (int i = 0; i < 64; i++) {
+            uint32_t t1 = h + (ROTR(e, 6) ^ ROTR(e, 11) ^ ROTR(e, 25)) +
+                          ((e & f) ^ (~e & g)) + K256[i] + w[i];
+            uint32_t t2 = (ROTR(a, 2) ^ ROTR(a, 13) ^ ROTR(a, 22)) +
+                          ((a & b) ^ (a & c) ^ (b & c));
+            h = g;
+            g = f;
+            f = e;
+            e = d + t1;
+            d = c;
+            c = b;
+            b = a;
+            a = t1 + t2;
+        }
+
+        state[0] += a;
+        state[1] += b;
+        state[2] += c;
+        state[3] += d;
+        state[4] += e;
+        state[5] += f;
+        state[6] += g;
+        state[7] += h;
     }
-    for (int i = 16; i < 64; i++) {
-        uint32_t s0 = ROTR(w[i - 15], 7) ^ ROTR(w[i - 15], 18) ^ (w[i - 15] >> 3);
-        uint32_t s1 = ROTR(w[i - 2], 17) ^ ROTR(w[i - 2], 19) ^ (w[i - 2] >> 10);
-        w[i] = w[i - 16] + s0 + w[i - 7] + s1;
-    }
-    uint32_t a = state[0], b = state[1], c = state[2], d = state[3];
-    uint32_t e = state[4], f = state[5], g = state[6], h = state[7];
-    for (int i = 0; i < 64; i++) {
-        uint32_t t1 = h + (ROTR(e, 6) ^ ROTR(e, 11) ^ ROTR(e, 25)) +
-                      ((e & f) ^ (~e & g)) + K256[i] + w[i];
-        uint32_t t2 = (ROTR(a, 2) ^ ROTR(a, 13) ^ ROTR(a, 22)) +
-                      ((a & b) ^ (a & c) ^ (b & c));
-        h = g;
-        g = f;
-        f = e;
-        e = d + t1;
-        d = c;
-        c = b;
-        b = a;
-        a = t1 + t2;
-    }
-    state[0] += a;
-    state[1] += b;
-    state[2] += c;
-    state[3] += d;
-    state[4] += e;
-    state[5] += f;
-    state[6] += g;
-    state[7] += h;
 }
 
-/* Writes the SHA-256 digest of prefix followed by rest to digest. */
-static void sha256_two(const char *prefix, Py_ssize_t prefix_len, const char *rest,
-                       Py_ssize_t rest_len, unsigned char digest[32]) {
+typedef void (*BlockFunction)(uint32_t state[8], const unsigned char *data,
+                              size_t blocks);
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
+#include <immintrin.h>
+
+/* The same transform with the x86 SHA extensions, which process four rounds in
+ * two instructions. The state is kept as the lanes ABEF and CDGH, the layout that
+ * sha256rnds2 works on. */
+__attribute__((target("sha,sse4.1,ssse3"))) static void sha256_blocks_x86(
+    uint32_t state[8], const unsigned char *data, size_t blocks) {
+    const __m128i byte_swap =
+        _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
+    __m128i low = _mm_loadu_si128((const __m128i *)&state[0]);  /* D C B A */
+    __m128i high = _mm_loadu_si128((const __m128i *)&state[4]); /* H G F E */
+    low = _mm_shuffle_epi32(low, 0xB1);                          /* C D A B */
+    high = _mm_shuffle_epi32(high, 0x1B);                        /* E F G H */
+    __m128i abef = _mm_alignr_epi8(low, high, 8);
+    __m128i cdgh = _mm_blend_epi16(high, low, 0xF0);
+
+    for (; blocks > 0; blocks--, data += 64) {
+        __m128i abef_start = abef, cdgh_start = cdgh;
+        __m128i words[4];
+        for (int i = 0; i < 16; i++) {
+            __m128i *current = &words[i % 4];
+            if (i < 4) {
+                __m128i loaded = _mm_loadu_si128((const __m128i *)(data + 16 * i));
+                *current = _mm_shuffle_epi8(loaded, byte_swap);
+            } else {
+                /* W[t..t+3] from W[t-16..t-13] (the slot being replaced),
+                 * W[t-12..t-9], W[t-8..t-5] and W[t-4..t-1]. */
+                __m128i sigma0 = _mm_sha256msg1_epu32(*current, words[(i + 1) % 4]);
+                __m128i middle =
+                    _mm_alignr_epi8(words[(i + 3) % 4], words[(i + 2) % 4], 4);
+                *current = _mm_sha256msg2_epu32(_mm_add_epi32(sigma0, middle),
+                                                words[(i + 3) % 4]);
+            }
+            __m128i round_input =
+                _mm_add_epi32(*current, _mm_loadu_si128((const __m128i *)&K256[4 * i]));
+            cdgh = _mm_sha256rnds2_epu32(cdgh, abef, round_input);
+            round_input = _mm_shuffle_epi32(round_input, 0x0E);
+            abef = _mm_sha256rnds2_epu32(abef, cdgh, round_input);
+        }
+        abef = _mm_add_epi32(abef, abef_start);
+        cdgh = _mm_add_epi32(cdgh, cdgh_start);
+    }
+
+    __m128i feba = _mm_shuffle_epi32(abef, 0x1B);
+    __m128i dchg = _mm_shuffle_epi32(cdgh, 0xB1);
+    _mm_storeu_si128((__m128i *)&state[0], _mm_blend_epi16(feba, dchg, 0xF0));
+    _mm_storeu_si128((__m128i *)&state[4], _mm_alignr_epi8(dchg, feba, 8));
+}
+
+static BlockFunction choose_blocks(void) {
+    unsigned int eax, ebx, ecx, edx;
+    if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx)) return sha256_blocks_portable;
+    int sse41 = (ecx >> 19) & 1, ssse3 = (ecx >> 9) & 1;
+    if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return sha256_blocks_portable;
+    int sha = (ebx >> 29) & 1;
+    return sse41 && ssse3 && sha ? sha256_blocks_x86 : sha256_blocks_portable;
+}
+#else
+static BlockFunction choose_blocks(void) { return sha256_blocks_portable; }
+#endif
+
+static BlockFunction sha256_blocks = sha256_blocks_portable;
+
+/* Writes the SHA-256 digest of prefix followed by rest to digest, with the block
+ * function `blocks`. */
+static void sha256_with(BlockFunction blocks, const char *prefix, Py_ssize_t prefix_len,
+                        const char *rest, Py_ssize_t rest_len, unsigned char digest[32]) {
     uint32_t state[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
                          0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
     unsigned char block[64];
@@ -107,21 +182,22 @@ static void sha256_two(const char *prefix, Py_ssize_t prefix_len, const char *re
             data += take;
             left -= take;
             if (filled == 64) {
-                sha256_block(state, block);
+                blocks(state, block, 1);
                 filled = 0;
             }
         }
     }
+
     block[filled++] = 0x80;
     if (filled > 56) {
         memset(block + filled, 0, 64 - filled);
-        sha256_block(state, block);
+        blocks(state, block, 1);
         filled = 0;
     }
     memset(block + filled, 0, 56 - filled);
     uint64_t bits = total * 8;
     for (int i = 0; i < 8; i++) block[56 + i] = (unsigned char)(bits >> (56 - 8 * i));
-    sha256_block(state, block);
+    blocks(state, block, 1);
     for (int i = 0; i < 8; i++) {
         digest[4 * i] = (unsigned char)(state[i] >> 24);
         digest[4 * i + 1] = (unsigned char)(state[i] >> 16);
@@ -130,12 +206,19 @@ static void sha256_two(const char *prefix, Py_ssize_t prefix_len, const char *re
     }
 }
 
+static void sha256_two(const char *prefix, Py_ssize_t prefix_len, const char *rest,
+                       Py_ssize_t rest_len, unsigned char digest[32]) {
+    sha256_with(sha256_blocks, prefix, prefix_len, rest, rest_len, digest);
+}
+
 static PyObject *py_sha256(PyObject *self, PyObject *args) {
     const char *data;
     Py_ssize_t length;
-    if (!PyArg_ParseTuple(args, "y#", &data, &length)) return NULL;
+    int portable = 0;
+    if (!PyArg_ParseTuple(args, "y#|p", &data, &length, &portable)) return NULL;
     unsigned char digest[32];
-    sha256_two(data, length, "", 0, digest);
+    sha256_with(portable ? sha256_blocks_portable : sha256_blocks, data, length, "", 0,
+                digest);
     return PyBytes_FromStringAndSize((const char *)digest, 32);
 }
 
@@ -325,6 +408,7 @@ static int check(PyObject *output, Candidate *candidate) {
         if (version_id == NULL) version_id = s_empty;
         if (!PyUnicode_CheckExact(version_id)) return 0;
     }
+
     PyObject *input = get(output, s_input);
     if (input == NULL || !PyDict_CheckExact(input)) return 0;
     PyObject *input_id = get(input, s_id);
@@ -333,6 +417,7 @@ static int check(PyObject *output, Candidate *candidate) {
     if (!is_plain_input_data(get(input, s_data))) return 0;
     PyObject *data = get(output, s_data);
     if (data != NULL && !are_plain_concepts(data)) return 0;
+
     int failed = 0;
     PyObject *status = get(output, s_status);
     if (status != NULL) {
@@ -345,8 +430,10 @@ static int check(PyObject *output, Candidate *candidate) {
             failed = overflow || number != SUCCESS_CODE;
         }
     }
+
     PyObject *source_key = PyUnicode_FromFormat("%U/%U/%U", user_id, app_id, model_id);
     if (source_key == NULL) return -1;
+
     /* output.get("data") or {} and any(data.values()) */
     int has_data = 0;
     if (data != NULL) {
@@ -458,6 +545,7 @@ static int rule_passes(PyObject *plan, PyObject *data) {
         }
         return 0;
     }
+
     double threshold = PyFloat_AS_DOUBLE(PyTuple_GET_ITEM(plan, P_THRESHOLD));
     for (Py_ssize_t i = 0; i < size; i++) {
         double value = concept_value(PyList_GET_ITEM(concepts, i));
@@ -592,6 +680,7 @@ static PyObject *py_route_outputs(PyObject *self, PyObject *args) {
         }
         checked++;
     }
+
     for (Py_ssize_t i = 0; i < count; i++) {
         Candidate *candidate = &candidates[i];
         PyObject *views = get(plans, candidate->source_key);
@@ -615,6 +704,7 @@ static PyObject *py_route_outputs(PyObject *self, PyObject *args) {
         }
         candidate->group = group;
     }
+
     decisions = PyList_New(0);
     if (decisions == NULL) goto done;
     for (Py_ssize_t g = 0; g < groups; g++) {
@@ -643,7 +733,9 @@ static PyMethodDef methods[] = {
      "The routing fields of an output that PredictionOutput is sure to accept."},
     {"route_outputs", py_route_outputs, METH_VARARGS,
      "Stage one's decisions for the outputs of one event."},
-    {"sha256", py_sha256, METH_VARARGS, "The SHA-256 digest of bytes."},
+    {"sha256", py_sha256, METH_VARARGS,
+     "sha256(data, portable=False): the SHA-256 digest of bytes, computed without the"
+     " CPU's SHA instructions when portable is true."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_stage_one",
@@ -651,9 +743,12 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_stage_one",
 
 PyMODINIT_FUNC PyInit__stage_one(void) {
     if (intern_keys() < 0) return NULL;
+    sha256_blocks = choose_blocks();
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
-    if (PyModule_AddIntConstant(m, "PLAN_SIZE", P_SIZE) < 0) {
+    if (PyModule_AddIntConstant(m, "PLAN_SIZE", P_SIZE) < 0 ||
+        PyModule_AddIntConstant(m, "SHA_INSTRUCTIONS",
+                                sha256_blocks != sha256_blocks_portable) < 0) {
         Py_DECREF(m);
         return NULL;
     }
