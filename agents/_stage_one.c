@@ -26,6 +26,7 @@
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <errno.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -498,6 +499,7 @@ enum {
     P_COMPARATOR,
     P_THRESHOLDS,
     P_NODE_ID,
+    P_PAIRS,
     P_SIZE
 };
 
@@ -728,11 +730,1030 @@ done:
     return result;
 }
 
+/* ---- Raw events ------------------------------------------------------------
+ *
+ * route_event(value, plans) does what orjson.loads and route_outputs do, on the
+ * event's bytes, and builds Python objects only for the envelope and for the
+ * outputs that some collector keeps. It parses a subset of JSON: strings that
+ * the check reads must have no backslash escapes, integers must fit in 64 bits,
+ * and objects and arrays may nest 128 levels. Outside that subset, and wherever
+ * route_outputs would return None or a plan is decided in Python, it returns
+ * None, and the caller takes the orjson path, which decides for itself. */
+
+#define MAX_DEPTH 128
+
+enum { J_NULL, J_FALSE, J_TRUE, J_INT, J_FLOAT, J_STRING, J_ARRAY, J_OBJECT };
+
+/* A parsed JSON value. Containers list their children through `first` and each
+ * child's `next`. An object's children alternate key and value. */
+typedef struct {
+    int type;
+    int escaped;     /* a string with backslash escapes */
+    Py_ssize_t next; /* the next sibling, or -1 */
+    Py_ssize_t first;
+    Py_ssize_t count; /* elements, or members of an object */
+    const char *start; /* a string's content, or a number's text */
+    Py_ssize_t length;
+    long long integer;
+    double number;
+} JNode;
+
+typedef struct {
+    const char *at;
+    const char *end;
+    JNode *nodes;
+    Py_ssize_t used;
+    Py_ssize_t capacity;
+    int depth;
+} Parser;
+
+/* Whether `data` is valid UTF-8 (no overlong forms, surrogates or code points
+ * above U+10FFFF), as orjson requires. */
+static int valid_utf8(const unsigned char *data, Py_ssize_t length) {
+    Py_ssize_t i = 0;
+    while (i < length) {
+        /* Eight ASCII bytes at a time. */
+        if (i + 8 <= length) {
+            uint64_t word;
+            memcpy(&word, data + i, 8);
+            if ((word & 0x8080808080808080ULL) == 0) {
+                i += 8;
+                continue;
+            }
+        }
+        unsigned char c = data[i];
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        int extra;
+        uint32_t code;
+        if (c >= 0xC2 && c <= 0xDF) {
+            extra = 1;
+            code = c & 0x1F;
+        } else if (c >= 0xE0 && c <= 0xEF) {
+            extra = 2;
+            code = c & 0x0F;
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            extra = 3;
+            code = c & 0x07;
+        } else {
+            return 0;
+        }
+        if (i + extra >= length) return 0;
+        for (int k = 1; k <= extra; k++) {
+            unsigned char next = data[i + k];
+            if ((next & 0xC0) != 0x80) return 0;
+            code = (code << 6) | (next & 0x3F);
+        }
+        if ((extra == 2 && (code < 0x800 || (code >= 0xD800 && code <= 0xDFFF))) ||
+            (extra == 3 && (code < 0x10000 || code > 0x10FFFF)))
+            return 0;
+        i += extra + 1;
+    }
+    return 1;
+}
+
+static Py_ssize_t new_node(Parser *parser, int type) {
+    if (parser->used == parser->capacity) {
+        Py_ssize_t capacity = parser->capacity ? parser->capacity * 2 : 256;
+        JNode *nodes = PyMem_Realloc(parser->nodes, (size_t)capacity * sizeof(JNode));
+        if (nodes == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        parser->nodes = nodes;
+        parser->capacity = capacity;
+    }
+    JNode *node = &parser->nodes[parser->used];
+    node->type = type;
+    node->escaped = 0;
+    node->next = -1;
+    node->first = -1;
+    node->count = 0;
+    node->start = parser->at;
+    node->length = 0;
+    return parser->used++;
+}
+
+static void skip_space(Parser *parser) {
+    while (parser->at < parser->end) {
+        char c = *parser->at;
+        if (c != ' ' && c != '\n' && c != '\r' && c != '\t') return;
+        parser->at++;
+    }
+}
+
+static int hex_value(char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+/* Reads \uXXXX at `at`, or returns -1. */
+static long read_u_escape(const char *at, const char *end) {
+    if (end - at < 6 || at[0] != '\\' || at[1] != 'u') return -1;
+    long code = 0;
+    for (int k = 2; k < 6; k++) {
+        int digit = hex_value(at[k]);
+        if (digit < 0) return -1;
+        code = code * 16 + digit;
+    }
+    return code;
+}
+
+static Py_ssize_t parse_value(Parser *parser);
+
+/* The bytes that end a run of plain string content: the quote, the backslash and
+ * the control characters. */
+static unsigned char STRING_STOPS[256];
+
+static void init_string_stops(void) {
+    for (int c = 0; c < 0x20; c++) STRING_STOPS[c] = 1;
+    STRING_STOPS['"'] = 1;
+    STRING_STOPS['\\'] = 1;
+}
+
+static Py_ssize_t parse_string(Parser *parser) {
+    parser->at++; /* the opening quote */
+    Py_ssize_t index = new_node(parser, J_STRING);
+    if (index < 0) return -1;
+    const char *start = parser->at;
+    int escaped = 0;
+    while (parser->at < parser->end) {
+        unsigned char c = (unsigned char)*parser->at;
+        if (!STRING_STOPS[c]) {
+            parser->at++;
+            continue;
+        }
+        if (c == '"') {
+            JNode *node = &parser->nodes[index];
+            node->start = start;
+            node->length = parser->at - start;
+            node->escaped = escaped;
+            parser->at++;
+            return index;
+        }
+        if (c < 0x20) return -1;
+        if (c != '\\') {
+            parser->at++;
+            continue;
+        }
+        escaped = 1;
+        if (parser->end - parser->at < 2) return -1;
+        char kind = parser->at[1];
+        if (strchr("\"\\/bfnrt", kind) != NULL && kind != '\0') {
+            parser->at += 2;
+            continue;
+        }
+        long code = read_u_escape(parser->at, parser->end);
+        if (code < 0 || (code >= 0xDC00 && code <= 0xDFFF)) return -1;
+        if (code >= 0xD800 && code <= 0xDBFF) {
+            long low = read_u_escape(parser->at + 6, parser->end);
+            if (low < 0xDC00 || low > 0xDFFF) return -1;
+            parser->at += 12;
+        } else {
+            parser->at += 6;
+        }
+    }
+    return -1;
+}
+
+static const double POWERS_OF_TEN[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
+                                       1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+                                       1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+
+static Py_ssize_t parse_number(Parser *parser) {
+    const char *start = parser->at, *at = parser->at, *end = parser->end;
+    int is_float = 0, negative = 0;
+    /* The digits as an integer, while it stays exact, and the power of ten. */
+    uint64_t mantissa = 0;
+    int digits = 0, exponent = 0;
+    if (at < end && *at == '-') {
+        negative = 1;
+        at++;
+    }
+    if (at >= end) return -1;
+    if (*at == '0') {
+        at++;
+    } else if (*at >= '1' && *at <= '9') {
+        while (at < end && *at >= '0' && *at <= '9') {
+            if (digits < 19) mantissa = mantissa * 10 + (uint64_t)(*at - '0');
+            digits++;
+            at++;
+        }
+    } else {
+        return -1;
+    }
+    if (at < end && *at == '.') {
+        is_float = 1;
+        at++;
+        if (at >= end || *at < '0' || *at > '9') return -1;
+        while (at < end && *at >= '0' && *at <= '9') {
+            if (digits < 19) {
+                mantissa = mantissa * 10 + (uint64_t)(*at - '0');
+                exponent--;
+            }
+            if (digits > 0 || *at != '0') digits++;
+            at++;
+        }
+    }
+    int exponent_digits = 0, exponent_value = 0, exponent_negative = 0;
+    if (at < end && (*at == 'e' || *at == 'E')) {
+        is_float = 1;
+        at++;
+        if (at < end && (*at == '+' || *at == '-')) exponent_negative = *at++ == '-';
+        if (at >= end || *at < '0' || *at > '9') return -1;
+        while (at < end && *at >= '0' && *at <= '9') {
+            if (exponent_value < 10000) exponent_value = exponent_value * 10 + (*at - '0');
+            exponent_digits++;
+            at++;
+        }
+    }
+    Py_ssize_t index = new_node(parser, is_float ? J_FLOAT : J_INT);
+    if (index < 0) return -1;
+    JNode *node = &parser->nodes[index];
+    node->start = start;
+    node->length = at - start;
+    parser->at = at;
+
+    if (!is_float) {
+        /* Integers beyond 64 bits become floats in orjson; they take its path. */
+        if (digits > 18) return -1;
+        node->integer = negative ? -(long long)mantissa : (long long)mantissa;
+        return index;
+    }
+    exponent += exponent_negative ? -exponent_value : exponent_value;
+    if (digits <= 15 && exponent >= -22 && exponent <= 22) {
+        /* Both operands are exact doubles, so the one rounding of the product or
+         * quotient gives the correctly rounded value, as a full parse would. */
+        double value = (double)mantissa;
+        value = exponent < 0 ? value / POWERS_OF_TEN[-exponent]
+                             : value * POWERS_OF_TEN[exponent];
+        node->number = negative ? -value : value;
+        return index;
+    }
+    char text[64];
+    if (node->length >= (Py_ssize_t)sizeof(text)) return -1;
+    memcpy(text, start, (size_t)node->length);
+    text[node->length] = '\0';
+    char *parsed_end = NULL;
+    double number = PyOS_string_to_double(text, &parsed_end, NULL);
+    if (number == -1.0 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return -1;
+    }
+    if (parsed_end != text + node->length || isinf(number) || isnan(number)) return -1;
+    node->number = number;
+    return index;
+}
+
+static Py_ssize_t parse_literal(Parser *parser, const char *word, int type) {
+    size_t length = strlen(word);
+    if ((size_t)(parser->end - parser->at) < length ||
+        memcmp(parser->at, word, length) != 0)
+        return -1;
+    Py_ssize_t index = new_node(parser, type);
+    parser->at += length;
+    return index;
+}
+
+static Py_ssize_t parse_container(Parser *parser, int type) {
+    if (++parser->depth > MAX_DEPTH) return -1;
+    parser->at++;
+    Py_ssize_t index = new_node(parser, type);
+    if (index < 0) return -1;
+    char closing = type == J_OBJECT ? '}' : ']';
+    Py_ssize_t last = -1, count = 0;
+    skip_space(parser);
+    if (parser->at < parser->end && *parser->at == closing) {
+        parser->at++;
+        parser->depth--;
+        return index;
+    }
+    while (1) {
+        skip_space(parser);
+        Py_ssize_t child;
+        if (type == J_OBJECT) {
+            if (parser->at >= parser->end || *parser->at != '"') return -1;
+            Py_ssize_t key = parse_string(parser);
+            if (key < 0) return -1;
+            skip_space(parser);
+            if (parser->at >= parser->end || *parser->at != ':') return -1;
+            parser->at++;
+            child = parse_value(parser);
+            if (child < 0) return -1;
+            parser->nodes[key].next = child;
+            if (last < 0)
+                parser->nodes[index].first = key;
+            else
+                parser->nodes[last].next = key;
+        } else {
+            child = parse_value(parser);
+            if (child < 0) return -1;
+            if (last < 0)
+                parser->nodes[index].first = child;
+            else
+                parser->nodes[last].next = child;
+        }
+        last = child;
+        count++;
+        skip_space(parser);
+        if (parser->at >= parser->end) return -1;
+        if (*parser->at == ',') {
+            parser->at++;
+            continue;
+        }
+        if (*parser->at != closing) return -1;
+        parser->at++;
+        break;
+    }
+    parser->nodes[index].count = count;
+    parser->depth--;
+    return index;
+}
+
+static Py_ssize_t parse_value(Parser *parser) {
+    skip_space(parser);
+    if (parser->at >= parser->end) return -1;
+    switch (*parser->at) {
+        case '{': return parse_container(parser, J_OBJECT);
+        case '[': return parse_container(parser, J_ARRAY);
+        case '"': return parse_string(parser);
+        case 't': return parse_literal(parser, "true", J_TRUE);
+        case 'f': return parse_literal(parser, "false", J_FALSE);
+        case 'n': return parse_literal(parser, "null", J_NULL);
+        default: return parse_number(parser);
+    }
+}
+
+/* Parses a whole document into `parser`, returning the root's index, or -1 when
+ * it is outside the subset (no Python error) or memory ran out (MemoryError). */
+static Py_ssize_t parse_document(Parser *parser, const char *data, Py_ssize_t length) {
+    parser->at = data;
+    parser->end = data + length;
+    parser->nodes = NULL;
+    parser->used = parser->capacity = 0;
+    parser->depth = 0;
+    if (!valid_utf8((const unsigned char *)data, length)) return -1;
+    Py_ssize_t root = parse_value(parser);
+    if (root < 0) return -1;
+    skip_space(parser);
+    return parser->at == parser->end ? root : -1;
+}
+
+/* Returns the index of the last member of an object named `key`, -1 when there
+ * is none, or -2 when a key has escapes and so cannot be compared as bytes. */
+static Py_ssize_t member(Parser *parser, Py_ssize_t object, const char *key,
+                         size_t key_length) {
+    Py_ssize_t found = -1;
+    for (Py_ssize_t k = parser->nodes[object].first; k >= 0;) {
+        JNode *name = &parser->nodes[k];
+        if (name->escaped) return -2;
+        Py_ssize_t value = name->next;
+        if ((size_t)name->length == key_length &&
+            memcmp(name->start, key, key_length) == 0)
+            found = value;
+        k = parser->nodes[value].next;
+    }
+    return found;
+}
+
+#define MEMBER(parser, object, literal) \
+    member((parser), (object), (literal), sizeof(literal) - 1)
+
+/* Decodes a string node into a new str. */
+static PyObject *string_object(Parser *parser, Py_ssize_t index) {
+    JNode *node = &parser->nodes[index];
+    if (!node->escaped) return PyUnicode_DecodeUTF8(node->start, node->length, NULL);
+    /* Escapes only shorten the text, and \u escapes become at most 4 bytes of
+     * UTF-8 from 6 (or 12 for a surrogate pair) of text. */
+    char *buffer = PyMem_Malloc(node->length > 0 ? (size_t)node->length : 1);
+    if (buffer == NULL) return PyErr_NoMemory();
+    Py_ssize_t out = 0;
+    const char *at = node->start, *end = node->start + node->length;
+    while (at < end) {
+        if (*at != '\\') {
+            buffer[out++] = *at++;
+            continue;
+        }
+        char kind = at[1];
+        const char *simple = "\"\\/bfnrt", *meaning = "\"\\/\b\f\n\r\t";
+        const char *found = strchr(simple, kind);
+        if (kind != 'u' && found != NULL) {
+            buffer[out++] = meaning[found - simple];
+            at += 2;
+            continue;
+        }
+        long code = read_u_escape(at, end);
+        at += 6;
+        if (code >= 0xD800 && code <= 0xDBFF) {
+            long low = read_u_escape(at, end);
+            code = 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00);
+            at += 6;
+        }
+        if (code < 0x80) {
+            buffer[out++] = (char)code;
+        } else if (code < 0x800) {
+            buffer[out++] = (char)(0xC0 | (code >> 6));
+            buffer[out++] = (char)(0x80 | (code & 0x3F));
+        } else if (code < 0x10000) {
+            buffer[out++] = (char)(0xE0 | (code >> 12));
+            buffer[out++] = (char)(0x80 | ((code >> 6) & 0x3F));
+            buffer[out++] = (char)(0x80 | (code & 0x3F));
+        } else {
+            buffer[out++] = (char)(0xF0 | (code >> 18));
+            buffer[out++] = (char)(0x80 | ((code >> 12) & 0x3F));
+            buffer[out++] = (char)(0x80 | ((code >> 6) & 0x3F));
+            buffer[out++] = (char)(0x80 | (code & 0x3F));
+        }
+    }
+    PyObject *text = PyUnicode_DecodeUTF8(buffer, out, NULL);
+    PyMem_Free(buffer);
+    return text;
+}
+
+/* Builds the Python object of a node, as orjson.loads would. */
+static PyObject *node_object(Parser *parser, Py_ssize_t index) {
+    JNode *node = &parser->nodes[index];
+    switch (node->type) {
+        case J_NULL: Py_RETURN_NONE;
+        case J_FALSE: Py_RETURN_FALSE;
+        case J_TRUE: Py_RETURN_TRUE;
+        case J_INT: return PyLong_FromLongLong(node->integer);
+        case J_FLOAT: return PyFloat_FromDouble(node->number);
+        case J_STRING: return string_object(parser, index);
+        case J_ARRAY: {
+            PyObject *list = PyList_New(node->count);
+            if (list == NULL) return NULL;
+            Py_ssize_t position = 0;
+            for (Py_ssize_t k = node->first; k >= 0; k = parser->nodes[k].next) {
+                PyObject *item = node_object(parser, k);
+                if (item == NULL) {
+                    Py_DECREF(list);
+                    return NULL;
+                }
+                PyList_SET_ITEM(list, position++, item);
+            }
+            return list;
+        }
+        default: {
+            PyObject *dict = PyDict_New();
+            if (dict == NULL) return NULL;
+            for (Py_ssize_t k = node->first; k >= 0;) {
+                Py_ssize_t value_index = parser->nodes[k].next;
+                PyObject *key = string_object(parser, k);
+                PyObject *value = key ? node_object(parser, value_index) : NULL;
+                if (value == NULL || PyDict_SetItem(dict, key, value) < 0) {
+                    Py_XDECREF(key);
+                    Py_XDECREF(value);
+                    Py_DECREF(dict);
+                    return NULL;
+                }
+                Py_DECREF(key);
+                Py_DECREF(value);
+                k = parser->nodes[value_index].next;
+            }
+            return dict;
+        }
+    }
+}
+
+static PyObject *py_loads(PyObject *self, PyObject *arg) {
+    char *data;
+    Py_ssize_t length;
+    if (PyBytes_AsStringAndSize(arg, &data, &length) < 0) return NULL;
+    Parser parser;
+    Py_ssize_t root = parse_document(&parser, data, length);
+    PyObject *result = NULL;
+    if (root >= 0) {
+        PyObject *value = node_object(&parser, root);
+        if (value != NULL) result = PyTuple_Pack(1, value);
+        Py_XDECREF(value);
+    } else if (!PyErr_Occurred()) {
+        result = Py_NewRef(Py_None);
+    }
+    PyMem_Free(parser.nodes);
+    return result;
+}
+
+/* ---- Routing a raw event ---- */
+
+typedef struct {
+    Py_ssize_t data;  /* the output's data, or -1 when missing or empty */
+    Py_ssize_t input; /* the input object */
+    const char *user, *app, *model, *version, *input_id;
+    Py_ssize_t user_length, app_length, model_length, version_length, input_id_length;
+    PyObject *source_key; /* new reference */
+    PyObject *survivor;   /* (input, input id, data, top concept id), once kept */
+    int failed;
+    int has_data;
+    int group;
+} RawCandidate;
+
+/* Reads a string member without escapes into (*text, *length). Returns 1 when
+ * it is one, 0 otherwise; `missing` is what a missing member returns, with an
+ * empty text. */
+static int plain_string(Parser *parser, Py_ssize_t index, int missing, const char **text,
+                        Py_ssize_t *length) {
+    if (index == -1) {
+        *text = "";
+        *length = 0;
+        return missing;
+    }
+    if (index < 0) return 0;
+    JNode *node = &parser->nodes[index];
+    if (node->type != J_STRING || node->escaped) return 0;
+    *text = node->start;
+    *length = node->length;
+    return 1;
+}
+
+static int node_truthy(JNode *node) {
+    switch (node->type) {
+        case J_NULL:
+        case J_FALSE: return 0;
+        case J_TRUE: return 1;
+        case J_INT: return node->integer != 0;
+        case J_FLOAT: return node->number != 0.0;
+        case J_STRING: return node->length > 0;
+        default: return node->count > 0;
+    }
+}
+
+static int raw_nests_deeper(Parser *parser, Py_ssize_t index, int levels_left) {
+    if (levels_left < 0) return 1;
+    JNode *node = &parser->nodes[index];
+    for (Py_ssize_t k = node->first; k >= 0;) {
+        Py_ssize_t child = node->type == J_OBJECT ? parser->nodes[k].next : k;
+        int type = parser->nodes[child].type;
+        if ((type == J_OBJECT || type == J_ARRAY) &&
+            raw_nests_deeper(parser, child, levels_left - 1))
+            return 1;
+        k = parser->nodes[child].next;
+    }
+    return 0;
+}
+
+/* Whether an object has two members with the same key (compared as bytes, which
+ * misses only keys spelled with escapes, and those fail `member` first). */
+static int has_duplicate_keys(Parser *parser, Py_ssize_t object) {
+    for (Py_ssize_t a = parser->nodes[object].first; a >= 0;
+         a = parser->nodes[parser->nodes[a].next].next) {
+        JNode *first = &parser->nodes[a];
+        if (first->escaped) return 1;
+        for (Py_ssize_t b = parser->nodes[first->next].next; b >= 0;
+             b = parser->nodes[parser->nodes[b].next].next) {
+            JNode *second = &parser->nodes[b];
+            if (second->length == first->length &&
+                memcmp(second->start, first->start, (size_t)first->length) == 0)
+                return 1;
+        }
+    }
+    return 0;
+}
+
+static int raw_plain_input_data(Parser *parser, Py_ssize_t data) {
+    if (data < 0 || parser->nodes[data].type != J_OBJECT) return 0;
+    Py_ssize_t metadata = MEMBER(parser, data, "metadata");
+    if (metadata == -2) return 0;
+    if (metadata >= 0 && parser->nodes[metadata].type != J_NULL) {
+        if (parser->nodes[metadata].type != J_OBJECT) return 0;
+        if (raw_nests_deeper(parser, metadata, MAX_METADATA_DEPTH - 1)) return 0;
+    }
+    int has_content = 0;
+    const char *names[2][3] = {{"image", "url", "base64"}, {"text", "raw", "url"}};
+    for (int i = 0; i < 2; i++) {
+        Py_ssize_t part = member(parser, data, names[i][0], strlen(names[i][0]));
+        if (part == -2) return 0;
+        if (part == -1 || parser->nodes[part].type == J_NULL) continue;
+        if (parser->nodes[part].type != J_OBJECT) return 0;
+        for (int f = 1; f <= 2; f++) {
+            Py_ssize_t field = member(parser, part, names[i][f], strlen(names[i][f]));
+            if (field == -2) return 0;
+            if (field == -1) continue;
+            if (parser->nodes[field].type != J_STRING) return 0;
+            if (parser->nodes[field].length > 0) has_content = 1;
+        }
+    }
+    return has_content;
+}
+
+static int raw_plain_concepts(Parser *parser, Py_ssize_t data) {
+    if (parser->nodes[data].type != J_OBJECT) return 0;
+    Py_ssize_t concepts = MEMBER(parser, data, "concepts");
+    if (concepts == -1) return 1;
+    if (concepts < 0 || parser->nodes[concepts].type != J_ARRAY) return 0;
+    for (Py_ssize_t k = parser->nodes[concepts].first; k >= 0; k = parser->nodes[k].next) {
+        if (parser->nodes[k].type != J_OBJECT) return 0;
+        const char *text;
+        Py_ssize_t length;
+        if (!plain_string(parser, MEMBER(parser, k, "id"), 0, &text, &length) ||
+            length == 0)
+            return 0;
+        if (!plain_string(parser, MEMBER(parser, k, "name"), 1, &text, &length)) return 0;
+        Py_ssize_t value = MEMBER(parser, k, "value");
+        if (value < 0) return 0;
+        JNode *number = &parser->nodes[value];
+        if (number->type == J_FLOAT) {
+            if (!(0.0 <= number->number && number->number <= 1.0)) return 0;
+        } else if (number->type == J_INT) {
+            if (number->integer < 0 || number->integer > 1) return 0;
+        } else {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static double raw_concept_value(Parser *parser, Py_ssize_t concept) {
+    JNode *value = &parser->nodes[MEMBER(parser, concept, "value")];
+    return value->type == J_FLOAT ? value->number : (double)value->integer;
+}
+
+static int is_ascii_space(unsigned char c) {
+    return c == ' ' || (c >= 0x09 && c <= 0x0D) || (c >= 0x1C && c <= 0x1F);
+}
+
+/* The twin of `check` on a parsed output. Returns 1, 0 or -1 as `check` does. */
+static int raw_check(Parser *parser, Py_ssize_t output, RawCandidate *candidate,
+                     RawCandidate *previous) {
+    if (parser->nodes[output].type != J_OBJECT) return 0;
+    Py_ssize_t output_id = MEMBER(parser, output, "id");
+    if (output_id == -2) return 0;
+    if (output_id >= 0 && parser->nodes[output_id].type != J_STRING) return 0;
+
+    Py_ssize_t model = MEMBER(parser, output, "model");
+    if (model < 0 || parser->nodes[model].type != J_OBJECT) return 0;
+    if (!plain_string(parser, MEMBER(parser, model, "id"), 0, &candidate->model,
+                      &candidate->model_length) ||
+        !plain_string(parser, MEMBER(parser, model, "user_id"), 0, &candidate->user,
+                      &candidate->user_length) ||
+        !plain_string(parser, MEMBER(parser, model, "app_id"), 0, &candidate->app,
+                      &candidate->app_length))
+        return 0;
+    if (!candidate->model_length || !candidate->user_length || !candidate->app_length)
+        return 0;
+    Py_ssize_t version = MEMBER(parser, model, "model_version");
+    if (version == -2) return 0;
+    candidate->version = "";
+    candidate->version_length = 0;
+    if (version >= 0 && parser->nodes[version].type != J_NULL) {
+        if (parser->nodes[version].type != J_OBJECT) return 0;
+        if (!plain_string(parser, MEMBER(parser, version, "id"), 1, &candidate->version,
+                          &candidate->version_length))
+            return 0;
+    }
+
+    Py_ssize_t input = MEMBER(parser, output, "input");
+    if (input < 0 || parser->nodes[input].type != J_OBJECT) return 0;
+    if (!plain_string(parser, MEMBER(parser, input, "id"), 0, &candidate->input_id,
+                      &candidate->input_id_length))
+        return 0;
+    int non_space = 0, ascii = 1;
+    for (Py_ssize_t i = 0; i < candidate->input_id_length; i++) {
+        unsigned char c = (unsigned char)candidate->input_id[i];
+        if (c >= 0x80) ascii = 0;
+        else if (!is_ascii_space(c)) non_space = 1;
+    }
+    if (!non_space && !ascii) {
+        PyObject *text = PyUnicode_DecodeUTF8(candidate->input_id,
+                                              candidate->input_id_length, NULL);
+        if (text == NULL) return -1;
+        non_space = has_non_space(text);
+        Py_DECREF(text);
+    }
+    if (!non_space) return 0;
+    Py_ssize_t input_data = MEMBER(parser, input, "data");
+    if (!raw_plain_input_data(parser, input_data)) return 0;
+
+    Py_ssize_t data = MEMBER(parser, output, "data");
+    if (data == -2) return 0;
+    if (data >= 0 && !raw_plain_concepts(parser, data)) return 0;
+
+    int failed = 0;
+    Py_ssize_t status = MEMBER(parser, output, "status");
+    if (status == -2) return 0;
+    if (status >= 0) {
+        if (parser->nodes[status].type != J_OBJECT) return 0;
+        Py_ssize_t code = MEMBER(parser, status, "code");
+        if (code == -2) return 0;
+        if (code >= 0) {
+            if (parser->nodes[code].type != J_INT) return 0;
+            failed = parser->nodes[code].integer != SUCCESS_CODE;
+        }
+    }
+
+    /* output.get("data") or {} and any(data.values()) */
+    int has_data = 0;
+    if (data >= 0) {
+        if (has_duplicate_keys(parser, data)) return 0;
+        for (Py_ssize_t k = parser->nodes[data].first; k >= 0;) {
+            Py_ssize_t value = parser->nodes[k].next;
+            if (node_truthy(&parser->nodes[value])) has_data = 1;
+            k = parser->nodes[value].next;
+        }
+        if (parser->nodes[data].count == 0) data = -1;
+    }
+
+    if (previous != NULL && previous->user_length == candidate->user_length &&
+        previous->app_length == candidate->app_length &&
+        previous->model_length == candidate->model_length &&
+        memcmp(previous->user, candidate->user, (size_t)candidate->user_length) == 0 &&
+        memcmp(previous->app, candidate->app, (size_t)candidate->app_length) == 0 &&
+        memcmp(previous->model, candidate->model, (size_t)candidate->model_length) == 0) {
+        candidate->source_key = Py_NewRef(previous->source_key);
+    } else {
+        Py_ssize_t length =
+            candidate->user_length + candidate->app_length + candidate->model_length + 2;
+        char *key = PyMem_Malloc((size_t)length);
+        if (key == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        char *at = key;
+        memcpy(at, candidate->user, (size_t)candidate->user_length);
+        at += candidate->user_length;
+        *at++ = '/';
+        memcpy(at, candidate->app, (size_t)candidate->app_length);
+        at += candidate->app_length;
+        *at++ = '/';
+        memcpy(at, candidate->model, (size_t)candidate->model_length);
+        candidate->source_key = PyUnicode_DecodeUTF8(key, length, NULL);
+        PyMem_Free(key);
+        if (candidate->source_key == NULL) return -1;
+    }
+    candidate->data = data;
+    candidate->input = input;
+    candidate->failed = failed;
+    candidate->has_data = has_data;
+    candidate->group = -1;
+    candidate->survivor = NULL;
+    return 1;
+}
+
+/* Finds a concept's threshold among the plan's (key bytes, threshold) pairs. */
+static PyObject *pair_threshold(PyObject *pairs, const char *key, Py_ssize_t length) {
+    Py_ssize_t size = PyTuple_GET_SIZE(pairs);
+    for (Py_ssize_t i = 0; i < size; i++) {
+        PyObject *pair = PyTuple_GET_ITEM(pairs, i);
+        PyObject *name = PyTuple_GET_ITEM(pair, 0);
+        if (PyBytes_GET_SIZE(name) == length &&
+            memcmp(PyBytes_AS_STRING(name), key, (size_t)length) == 0)
+            return PyTuple_GET_ITEM(pair, 1);
+    }
+    return NULL;
+}
+
+static int raw_rule_passes(Parser *parser, PyObject *plan, Py_ssize_t data) {
+    long rule = PyLong_AsLong(PyTuple_GET_ITEM(plan, P_RULE));
+    Py_ssize_t concepts = MEMBER(parser, data, "concepts");
+    if (concepts < 0 || parser->nodes[concepts].count == 0) return 0;
+    if (rule == RULE_THRESHOLDER) {
+        PyObject *pairs = PyTuple_GET_ITEM(plan, P_PAIRS);
+        int comparator = (int)PyLong_AsLong(PyTuple_GET_ITEM(plan, P_COMPARATOR));
+        for (Py_ssize_t k = parser->nodes[concepts].first; k >= 0;
+             k = parser->nodes[k].next) {
+            JNode *id = &parser->nodes[MEMBER(parser, k, "id")];
+            PyObject *threshold = pair_threshold(pairs, id->start, id->length);
+            if (threshold == NULL) {
+                Py_ssize_t name = MEMBER(parser, k, "name");
+                if (name >= 0)
+                    threshold = pair_threshold(pairs, parser->nodes[name].start,
+                                               parser->nodes[name].length);
+            }
+            if (threshold != NULL &&
+                compare(comparator, raw_concept_value(parser, k),
+                        PyFloat_AS_DOUBLE(threshold)))
+                return 1;
+        }
+        return 0;
+    }
+    double threshold = PyFloat_AS_DOUBLE(PyTuple_GET_ITEM(plan, P_THRESHOLD));
+    for (Py_ssize_t k = parser->nodes[concepts].first; k >= 0; k = parser->nodes[k].next) {
+        double value = raw_concept_value(parser, k);
+        if (rule == RULE_MAX_BELOW ? value >= threshold : value <= threshold) return 0;
+    }
+    return 1;
+}
+
+/* Returns the candidate's survivor tuple, built on first use. */
+static PyObject *survivor(Parser *parser, RawCandidate *candidate) {
+    if (candidate->survivor != NULL) return candidate->survivor;
+    PyObject *input = node_object(parser, candidate->input);
+    PyObject *input_id = PyUnicode_DecodeUTF8(candidate->input_id,
+                                              candidate->input_id_length, NULL);
+    PyObject *data = candidate->data >= 0 ? node_object(parser, candidate->data)
+                                          : PyDict_New();
+    PyObject *top = Py_NewRef(Py_None);
+    if (input != NULL && input_id != NULL && data != NULL && candidate->data >= 0) {
+        /* max(concepts, key=value): the first concept with the largest value */
+        Py_ssize_t concepts = MEMBER(parser, candidate->data, "concepts");
+        Py_ssize_t best = -1;
+        double best_value = 0.0;
+        if (concepts >= 0) {
+            for (Py_ssize_t k = parser->nodes[concepts].first; k >= 0;
+                 k = parser->nodes[k].next) {
+                double value = raw_concept_value(parser, k);
+                if (best < 0 || value > best_value) {
+                    best = k;
+                    best_value = value;
+                }
+            }
+        }
+        if (best >= 0) {
+            Py_DECREF(top);
+            top = string_object(parser, MEMBER(parser, best, "id"));
+        }
+    }
+    if (input != NULL && input_id != NULL && data != NULL && top != NULL)
+        candidate->survivor = PyTuple_Pack(4, input, input_id, data, top);
+    Py_XDECREF(input);
+    Py_XDECREF(input_id);
+    Py_XDECREF(data);
+    Py_XDECREF(top);
+    return candidate->survivor;
+}
+
+/* The twin of `decide` for raw candidates. */
+static int raw_decide(Parser *parser, PyObject *plan, RawCandidate *candidates,
+                      Py_ssize_t count, int group, PyObject *decisions) {
+    Py_ssize_t version_length;
+    const char *version =
+        PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(plan, P_VERSION), &version_length);
+    if (version == NULL) return -1;
+    int collect_failed = PyTuple_GET_ITEM(plan, P_COLLECT_FAILED) == Py_True;
+    int broken = PyTuple_GET_ITEM(plan, P_BROKEN) == Py_True;
+    int samples = PyTuple_GET_ITEM(plan, P_SAMPLES) == Py_True;
+    long rule = PyLong_AsLong(PyTuple_GET_ITEM(plan, P_RULE));
+    PyObject *prefix = PyTuple_GET_ITEM(plan, P_SEED_PREFIX);
+    PyObject *limit = PyTuple_GET_ITEM(plan, P_LIMIT);
+    Py_ssize_t matched = 0, dropped_sample = 0, dropped_rule = 0;
+    PyObject *survivors = PyList_New(0);
+    if (survivors == NULL) return -1;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        RawCandidate *candidate = &candidates[i];
+        if (candidate->group != group) continue;
+        if (candidate->failed && !collect_failed) continue;
+        if (version_length > 0 &&
+            (candidate->version_length != version_length ||
+             memcmp(candidate->version, version, (size_t)version_length) != 0))
+            continue;
+        matched++;
+        if (broken) continue;
+        if (samples) {
+            unsigned char digest[32];
+            sha256_two(PyBytes_AS_STRING(prefix), PyBytes_GET_SIZE(prefix),
+                       candidate->input_id, candidate->input_id_length, digest);
+            if (!digest_below(digest, limit)) {
+                dropped_sample++;
+                continue;
+            }
+        }
+        if (rule != RULE_NONE && !candidate->failed) {
+            if (!candidate->has_data || !raw_rule_passes(parser, plan, candidate->data)) {
+                dropped_rule++;
+                continue;
+            }
+        }
+        PyObject *kept = survivor(parser, candidate);
+        if (kept == NULL || PyList_Append(survivors, kept) < 0) {
+            Py_DECREF(survivors);
+            return -1;
+        }
+    }
+    if (matched == 0) {
+        Py_DECREF(survivors);
+        return 0;
+    }
+    PyObject *entry = Py_BuildValue("(OnnnN)", plan, matched, dropped_sample,
+                                    dropped_rule, survivors);
+    if (entry == NULL) return -1;
+    int status = PyList_Append(decisions, entry);
+    Py_DECREF(entry);
+    return status;
+}
+
+static PyObject *py_route_event(PyObject *self, PyObject *args) {
+    const char *data;
+    Py_ssize_t length;
+    PyObject *plans;
+    if (!PyArg_ParseTuple(args, "y#O!", &data, &length, &PyDict_Type, &plans))
+        return NULL;
+    Parser parser;
+    RawCandidate *candidates = NULL;
+    PyObject **group_plans = NULL;
+    PyObject *result = NULL, *decisions = NULL, *envelope = NULL, *caller_user_id = NULL;
+    Py_ssize_t count = 0, checked = 0, groups = 0, skipped_status = 0, unwatched = 0;
+
+    Py_ssize_t root = parse_document(&parser, data, length);
+    if (root < 0 || parser.nodes[root].type != J_OBJECT) goto fall_back;
+    Py_ssize_t event_id = MEMBER(&parser, root, "id");
+    Py_ssize_t created_at = MEMBER(&parser, root, "created_at");
+    Py_ssize_t caller = MEMBER(&parser, root, "caller");
+    Py_ssize_t outputs = MEMBER(&parser, root, "outputs");
+    if (event_id < 0 || created_at < 0 || caller < 0 || outputs < 0) goto fall_back;
+    if (parser.nodes[outputs].type != J_ARRAY || parser.nodes[caller].type != J_OBJECT)
+        goto fall_back;
+    count = parser.nodes[outputs].count;
+    if (count < 1 || count > 128) goto fall_back;
+    Py_ssize_t user_id = MEMBER(&parser, caller, "user_id");
+    if (user_id < 0 || parser.nodes[user_id].type != J_STRING) goto fall_back;
+
+    candidates = PyMem_Calloc((size_t)count, sizeof(RawCandidate));
+    group_plans = PyMem_Calloc((size_t)count, sizeof(PyObject *));
+    if (candidates == NULL || group_plans == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_ssize_t position = 0;
+    for (Py_ssize_t k = parser.nodes[outputs].first; k >= 0; k = parser.nodes[k].next) {
+        RawCandidate *previous = position > 0 ? &candidates[position - 1] : NULL;
+        int ok = raw_check(&parser, k, &candidates[position], previous);
+        if (ok < 0) goto done;
+        if (ok == 0) goto fall_back;
+        checked++;
+        position++;
+    }
+
+    for (Py_ssize_t i = 0; i < count; i++) {
+        RawCandidate *candidate = &candidates[i];
+        PyObject *views = get(plans, candidate->source_key);
+        if (views == NULL || PyTuple_GET_SIZE(views) == 0) {
+            if (candidate->failed)
+                skipped_status++;
+            else
+                unwatched++;
+            continue;
+        }
+        int group = -1;
+        for (Py_ssize_t g = 0; g < groups; g++) {
+            if (group_plans[g] == views) {
+                group = (int)g;
+                break;
+            }
+        }
+        if (group < 0) {
+            group = (int)groups;
+            group_plans[groups++] = views;
+        }
+        candidate->group = group;
+    }
+
+    caller_user_id = string_object(&parser, user_id);
+    if (caller_user_id == NULL) goto done;
+    decisions = PyList_New(0);
+    if (decisions == NULL) goto done;
+    for (Py_ssize_t g = 0; g < groups; g++) {
+        PyObject *views = group_plans[g];
+        Py_ssize_t size = PyTuple_GET_SIZE(views);
+        for (Py_ssize_t v = 0; v < size; v++) {
+            PyObject *plan = PyTuple_GET_ITEM(views, v);
+            if (!caller_matches(plan, caller_user_id)) continue;
+            if (PyTuple_GET_ITEM(plan, P_PYTHON) == Py_True) goto fall_back;
+            if (raw_decide(&parser, plan, candidates, count, (int)g, decisions) < 0)
+                goto done;
+        }
+    }
+
+    PyObject *id_object = node_object(&parser, event_id);
+    PyObject *created_object = id_object ? node_object(&parser, created_at) : NULL;
+    PyObject *caller_object = created_object ? node_object(&parser, caller) : NULL;
+    if (caller_object != NULL)
+        envelope = Py_BuildValue("(OOOn)", id_object, created_object, caller_object, count);
+    Py_XDECREF(id_object);
+    Py_XDECREF(created_object);
+    Py_XDECREF(caller_object);
+    if (envelope == NULL) goto done;
+    result = Py_BuildValue("(O(nn)O)", envelope, skipped_status, unwatched, decisions);
+    goto done;
+
+fall_back:
+    if (!PyErr_Occurred()) result = Py_NewRef(Py_None);
+done:
+    for (Py_ssize_t i = 0; i < checked; i++) {
+        Py_XDECREF(candidates[i].source_key);
+        Py_XDECREF(candidates[i].survivor);
+    }
+    PyMem_Free(candidates);
+    PyMem_Free(group_plans);
+    PyMem_Free(parser.nodes);
+    Py_XDECREF(envelope);
+    Py_XDECREF(decisions);
+    Py_XDECREF(caller_user_id);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"check_output", py_check_output, METH_O,
      "The routing fields of an output that PredictionOutput is sure to accept."},
     {"route_outputs", py_route_outputs, METH_VARARGS,
      "Stage one's decisions for the outputs of one event."},
+    {"route_event", py_route_event, METH_VARARGS,
+     "Stage one's decisions for one raw event, or None for the orjson path."},
+    {"loads", py_loads, METH_O,
+     "The JSON value of bytes as a 1-tuple, or None outside the parsed subset."},
     {"sha256", py_sha256, METH_VARARGS,
      "sha256(data, portable=False): the SHA-256 digest of bytes, computed without the"
      " CPU's SHA instructions when portable is true."},
@@ -744,6 +1765,7 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_stage_one",
 PyMODINIT_FUNC PyInit__stage_one(void) {
     if (intern_keys() < 0) return NULL;
     sha256_blocks = choose_blocks();
+    init_string_stops();
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
     if (PyModule_AddIntConstant(m, "PLAN_SIZE", P_SIZE) < 0 ||

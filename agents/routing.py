@@ -122,12 +122,6 @@ class Router:
         """
         totals = self.stats.totals
         totals["events_in"] += 1
-        event = self._decode(value, result)
-        if event is None:
-            totals["events_dead_lettered"] += 1
-            return
-
-        caller_user_id = event.caller.user_id
         if self.native:
             if snapshot is not self._plans_of:
                 self._plans = {
@@ -135,6 +129,21 @@ class Router:
                     for source, views in snapshot.by_source.items()
                 }
                 self._plans_of = snapshot
+            # The extension parses the event itself. None: it takes the orjson
+            # path below, which decides on every event.
+            if value and len(value) <= self.max_event_bytes:
+                assert _stage_one is not None
+                raw_decided = _stage_one.route_event(value, self._plans)
+                if raw_decided is not None and self._apply_raw(raw_decided, result):
+                    return
+
+        event = self._decode(value, result)
+        if event is None:
+            totals["events_dead_lettered"] += 1
+            return
+
+        caller_user_id = event.caller.user_id
+        if self.native:
             assert _stage_one is not None
             decided = _stage_one.route_outputs(
                 event.outputs, caller_user_id, self._plans
@@ -149,6 +158,62 @@ class Router:
             for view in snapshot.by_source[source]:
                 if _caller_matches(view, caller_user_id):
                     self._sample(view, event, candidates, result)
+
+    def _apply_raw(self, decided: tuple[Any, ...], result: RouteResult) -> bool:
+        """Count and enqueue what the extension decided for one raw event. Return
+        False, with nothing counted, when the envelope is invalid, so that the
+        orjson path dead-letters the event with pydantic's reason."""
+        (event_id, created_at, caller, count), counts, decisions = decided
+        try:
+            event = PredictionEvent.model_validate(
+                {
+                    "id": event_id,
+                    "created_at": created_at,
+                    "caller": caller,
+                    "outputs": [None] * count,
+                }
+            )
+        except ValidationError:
+            return False
+        skipped_status, unwatched = counts
+        totals = self.stats.totals
+        totals["outputs_in"] += count
+        if skipped_status:
+            totals["outputs_skipped_status"] += skipped_status
+        if unwatched:
+            totals["outputs_unwatched"] += unwatched
+        created_at_s = event.created_at.timestamp()
+        for plan, matched, dropped_sample, dropped_rule, survivors in decisions:
+            view: CollectorView = plan[0]
+            funnel = self.stats.funnel[view.key]
+            funnel["matched"] += matched
+            if view.broken_reason:
+                funnel["dropped_pre_queue"] += matched
+                continue
+            if dropped_sample:
+                funnel["dropped_random_sample"] += dropped_sample
+            if dropped_rule:
+                self.stats.rule_drops[(view.key, plan[_PLAN_NODE_ID])] += dropped_rule
+                funnel["dropped_pre_queue"] += dropped_rule
+            if not survivors:
+                continue
+            funnel["enqueued"] += len(survivors)
+            batch = result.batches[view.key]
+            collect_outputs = view.record.collect_outputs
+            # The same items as `queue_item` makes.
+            for input_document, input_id, data, top_concept in survivors:
+                item: dict[str, Any] = {
+                    "id": destination_input_id(view.key, event.id, input_id),
+                    "event_id": event.id,
+                    "created_at": created_at_s,
+                    "input": input_document,
+                }
+                if collect_outputs:
+                    item["output_data"] = data
+                if top_concept is not None:
+                    item["top_concept"] = top_concept
+                batch.append(item)
+        return True
 
     def _apply(
         self,
@@ -454,7 +519,8 @@ def _plan(view: CollectorView) -> tuple[Any, ...]:
     version id it requires, or ""; whether it collects failed predictions; whether
     it is broken; whether it samples by input id; the seed prefix and digest limit
     of that sample; the rule code, threshold, comparator code and thresholds of its
-    one-node workflow; and that node's id."""
+    one-node workflow; that node's id; and the thresholds again, as pairs of the
+    concept id in UTF-8 and the threshold, for raw events."""
     record = view.record
     workflow = view.pre_queue
     step = workflow.context_free_step if workflow is not None else None
@@ -492,4 +558,5 @@ def _plan(view: CollectorView) -> tuple[Any, ...]:
         comparator,
         thresholds,
         step[0] if step else "",
+        tuple((key.encode(), value) for key, value in (thresholds or {}).items()),
     )

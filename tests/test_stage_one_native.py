@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import os
 from types import MappingProxyType
 from typing import Any
@@ -18,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agents.routing import Router, RouteResult, native_available
+from agents.routing import Router, RouteResult, _plan, native_available
 from agents.stats import WorkerStats
 from app.config_cache import CollectorView, ConfigSnapshot
 from app.models import COLLECTOR_ACTIVE, CollectorRecord, fast_output_fields
@@ -103,61 +104,78 @@ def snapshot_of(views: list[CollectorView]) -> ConfigSnapshot:
     )
 
 
-def every_kind_of_collector() -> ConfigSnapshot:
+# Collectors whose outputs Python decides. With one of them, the extension routes
+# an event from orjson's objects; without, from the event's bytes.
+PYTHON_DECIDES = {"sticky", "two-nodes", "remote", "margin"}
+
+
+def every_kind_of_collector(python_decides: bool = True) -> ConfigSnapshot:
     """Collectors of every plan the extension decides, and of every plan it
-    leaves to Python."""
+    leaves to Python unless `python_decides` is false."""
     remote = node("remote", "visual-classifier", base_url="http://127.0.0.1:9/p")
+    views = [
+        view("sample", pre_queue_random_sample=0.5),
+        view("below", [node("n", "max-probability-below", threshold=0.8)]),
+        view("above", [node("n", "min-probability-above", threshold=0.3)]),
+        view("gt", [thresholder("t", [{"id": "cat", "value": 0.5}])]),
+        view(
+            "equal-by-name",
+            [thresholder("t", [{"name": "dog", "value": 0.25}], 5)],
+        ),
+        view(
+            "lt",
+            [thresholder("t", [{"id": "cat", "value": 0.4}], "LESS_THAN")],
+        ),
+        view(
+            "sample-and-ge",
+            [thresholder("t", [{"id": "dog", "value": 0.3}], 2)],
+            pre_queue_random_sample=0.6,
+        ),
+        view(
+            "le",
+            [thresholder("t", [{"id": "cat", "value": 1}], 4)],
+        ),
+        view("sticky", pre_queue_random_sample=0.5, sample_key="group"),
+        view(
+            "two-nodes",
+            [
+                node("a", "max-probability-below", threshold=0.9),
+                {
+                    **node("b", "min-probability-above", threshold=0.1),
+                    "node_inputs": [{"node_id": "a"}],
+                },
+            ],
+        ),
+        view("remote", [remote]),
+        view("margin", [node("m", "margin-below", threshold=0.3)]),
+        view("broken", broken_reason="workflow 'gone' does not exist"),
+        view("paused", status_code=52002),
+        view("one-caller", caller_user_id="caller-2"),
+        view("foreign", model=FOREIGN_MODEL, user_id="owner"),
+        view("version-2", model_version_id="v2", pre_queue_random_sample=0.7),
+        view(
+            "failed-too",
+            [node("n", "max-probability-below", threshold=0.7)],
+            collect_failed_predictions=True,
+            pre_queue_random_sample=0.8,
+        ),
+        view("outputs", collect_outputs=True, pre_queue_random_sample=0.4),
+        view("other-model", model=OTHER_MODEL),
+    ]
     return snapshot_of(
         [
-            view("sample", pre_queue_random_sample=0.5),
-            view("below", [node("n", "max-probability-below", threshold=0.8)]),
-            view("above", [node("n", "min-probability-above", threshold=0.3)]),
-            view("gt", [thresholder("t", [{"id": "cat", "value": 0.5}])]),
-            view(
-                "equal-by-name",
-                [thresholder("t", [{"name": "dog", "value": 0.25}], 5)],
-            ),
-            view(
-                "lt",
-                [thresholder("t", [{"id": "cat", "value": 0.4}], "LESS_THAN")],
-            ),
-            view(
-                "sample-and-ge",
-                [thresholder("t", [{"id": "dog", "value": 0.3}], 2)],
-                pre_queue_random_sample=0.6,
-            ),
-            view(
-                "le",
-                [thresholder("t", [{"id": "cat", "value": 1}], 4)],
-            ),
-            view("sticky", pre_queue_random_sample=0.5, sample_key="group"),
-            view(
-                "two-nodes",
-                [
-                    node("a", "max-probability-below", threshold=0.9),
-                    {
-                        **node("b", "min-probability-above", threshold=0.1),
-                        "node_inputs": [{"node_id": "a"}],
-                    },
-                ],
-            ),
-            view("remote", [remote]),
-            view("margin", [node("m", "margin-below", threshold=0.3)]),
-            view("broken", broken_reason="workflow 'gone' does not exist"),
-            view("paused", status_code=52002),
-            view("one-caller", caller_user_id="caller-2"),
-            view("foreign", model=FOREIGN_MODEL, user_id="owner"),
-            view("version-2", model_version_id="v2", pre_queue_random_sample=0.7),
-            view(
-                "failed-too",
-                [node("n", "max-probability-below", threshold=0.7)],
-                collect_failed_predictions=True,
-                pre_queue_random_sample=0.8,
-            ),
-            view("outputs", collect_outputs=True, pre_queue_random_sample=0.4),
-            view("other-model", model=OTHER_MODEL),
+            item
+            for item in views
+            if python_decides or item.record.id not in PYTHON_DECIDES
         ]
     )
+
+
+def plans_of(snapshot: ConfigSnapshot) -> dict[str, tuple[Any, ...]]:
+    return {
+        source: tuple(_plan(item) for item in views)
+        for source, views in snapshot.by_source.items()
+    }
 
 
 def route_both(
@@ -227,24 +245,34 @@ def varied_outputs() -> list[dict[str, Any]]:
             item["data"] = {}
         if index % 19 == 0:
             del item["data"]
+        if index % 10 == 3:
+            # A tie for the top concept: the first of them counts.
+            item["data"]["concepts"][1]["value"] = value
         outputs.append(item)
     return outputs
 
 
+@pytest.mark.parametrize("python_decides", [True, False])
 @pytest.mark.parametrize("caller", ["caller-1", "caller-2", "owner"])
-def test_every_collector_kind_routes_alike(caller: str) -> None:
+def test_every_collector_kind_routes_alike(caller: str, python_decides: bool) -> None:
     outputs = varied_outputs()
     values = [
         event(f"e{start}", outputs[start : start + size], caller=caller)
         for start, size in ((0, 1), (1, 7), (8, 16), (24, 16))
     ]
-    batches, _, totals, funnels, rule_drops = assert_same(
-        values, every_kind_of_collector()
-    )
+    snapshot = every_kind_of_collector(python_decides)
+    batches, _, totals, funnels, rule_drops = assert_same(values, snapshot)
     # The comparison means something only if the events reached every path.
+    raw_results = [
+        _stage_one.route_event(value, plans_of(snapshot)) for value in values
+    ]
+    if python_decides:
+        assert {"owner/dataset/remote", "owner/dataset/sticky"} <= dict(batches).keys()
+        assert raw_results.count(None) > 0
+    else:
+        assert None not in raw_results
     assert totals["outputs_unwatched"] > 0
     assert totals["outputs_skipped_status"] > 0
-    assert {"owner/dataset/remote", "owner/dataset/sticky"} <= dict(batches).keys()
     assert funnels["owner/dataset/broken"]["dropped_pre_queue"] > 0
     assert any(key[0] == "owner/dataset/lt" for key in rule_drops)
     assert "owner/dataset/paused" not in funnels
@@ -431,13 +459,15 @@ def test_output_check_rejects_subclass_and_depth() -> None:
 
 
 @settings(
-    max_examples=150,
+    max_examples=300,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
-@given(st.lists(MUTATIONS, min_size=1, max_size=4), st.integers(0, 39))
+@given(st.lists(MUTATIONS, min_size=1, max_size=4), st.integers(0, 39), st.booleans())
 def test_mutated_events_route_alike(
-    mutation_lists: list[list[tuple[tuple[Any, ...], Any]]], start: int
+    mutation_lists: list[list[tuple[tuple[Any, ...], Any]]],
+    start: int,
+    python_decides: bool,
 ) -> None:
     outputs: list[Any] = varied_outputs()[start : start + 6]
     outputs += [mutated_output(mutations) for mutations in mutation_lists]
@@ -445,7 +475,7 @@ def test_mutated_events_route_alike(
         value = event("mutated", outputs)
     except orjson.JSONEncodeError:
         return  # a float or int that JSON cannot carry
-    assert_same([value], every_kind_of_collector())
+    assert_same([value], every_kind_of_collector(python_decides))
 
 
 def test_benchmark_events_route_alike() -> None:
@@ -478,3 +508,213 @@ def test_benchmark_events_route_alike() -> None:
     )
     assert sum(len(items) for _, items in batches) > 100
     assert totals["outputs_in"] == sum(len(item["outputs"]) for item in events)
+
+
+# JSON values of every type, with the strings and numbers that parsers get wrong.
+JSON_VALUES = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(min_value=-(2**70), max_value=2**70),
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.text(),
+    ),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.text(max_size=4), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+def assert_loads_like_orjson(document: bytes) -> None:
+    try:
+        expected = orjson.loads(document)
+    except orjson.JSONDecodeError:
+        assert _stage_one.loads(document) is None
+        return
+    parsed = _stage_one.loads(document)
+    if parsed is not None:
+        # orjson.dumps keeps key order and writes floats exactly.
+        assert orjson.dumps(parsed[0]) == orjson.dumps(expected)
+
+
+@settings(max_examples=400, deadline=None)
+@given(JSON_VALUES, st.booleans())
+def test_loads_matches_orjson(value: Any, ascii_only: bool) -> None:
+    assert_loads_like_orjson(json.dumps(value, ensure_ascii=ascii_only).encode())
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.integers(min_value=0, max_value=10**21),
+    st.integers(min_value=-40, max_value=40),
+    st.sampled_from(["{m}e{e}", "-{m}E{e}", "0.{m}", "{m}.5e{e}", "{m}", "-{m}"]),
+)
+def test_loads_numbers_match_orjson(mantissa: int, exponent: int, form: str) -> None:
+    assert_loads_like_orjson(form.format(m=mantissa, e=exponent).encode())
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        b'{"a":1,"a":2,"b":3}',
+        b'"\\ud83d\\ude00 \\u00e9 \\n \\/ \\\\ \\""',
+        b'"\\ud800"',
+        b'"\\udc00"',
+        b'"\\ud800\\u0041"',
+        b'"\x00"',
+        b'"\xc3"',
+        b'"\xed\xa0\x80"',
+        b'"\xf4\x90\x80\x80"',
+        b'"\xc0\xaf"',
+        b"[1,]",
+        b"01",
+        b"-",
+        b"1.",
+        b".5",
+        b"1e",
+        b"1e400",
+        b"-1e400",
+        b"1e-400",
+        b"9223372036854775807",
+        b"-9223372036854775808",
+        b"18446744073709551616",
+        b"[" * 200 + b"]" * 200,
+        b'{"a":1} x',
+        b"",
+        b"  ",
+        b"nul",
+        b"tRue",
+        b"0.1000000000000000055511151231257827",
+        b"123456789012345678901234567890",
+    ],
+)
+def test_loads_edge_cases_match_orjson(document: bytes) -> None:
+    assert_loads_like_orjson(document)
+
+
+def raw_event(body: bytes) -> bytes:
+    return b'{"id":"e1","created_at":"2026-12-04T10:00:00Z",' + body + b"}"
+
+
+GOOD_OUTPUT = orjson.dumps(output("in-1", concepts=[("cat", 0.6), ("dog", 0.3)]))
+GOOD_CALLER = b'"caller":{"user_id":"caller-1"}'
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        raw_event(GOOD_CALLER + b',"outputs":[' + GOOD_OUTPUT + b"]"),
+        raw_event(GOOD_CALLER + b',"outputs":[],"outputs":[' + GOOD_OUTPUT + b"]"),
+        raw_event(GOOD_CALLER + b',"outputs":[' + GOOD_OUTPUT + b'],"outputs":[]'),
+        raw_event(GOOD_CALLER + b',"outp\\u0075ts":[' + GOOD_OUTPUT + b"]"),
+        raw_event(GOOD_CALLER + b',"outputs":[]'),
+        raw_event(
+            GOOD_CALLER + b',"outputs":[' + b",".join([GOOD_OUTPUT] * 129) + b"]"
+        ),
+        raw_event(GOOD_CALLER + b',"outputs":' + GOOD_OUTPUT),
+        raw_event(b'"caller":{"user_id":7},"outputs":[' + GOOD_OUTPUT + b"]"),
+        raw_event(b'"caller":{"user_id":""},"outputs":[' + GOOD_OUTPUT + b"]"),
+        raw_event(
+            b'"caller":{"user_id":"caller\\u002d1"},"outputs":[' + GOOD_OUTPUT + b"]"
+        ),
+        raw_event(b'"caller":"x","outputs":[' + GOOD_OUTPUT + b"]"),
+        b'{"id":7,"created_at":"2026-12-04T10:00:00Z",'
+        + GOOD_CALLER
+        + b',"outputs":['
+        + GOOD_OUTPUT
+        + b"]}",
+        b'{"id":"e1","created_at":1764842400,'
+        + GOOD_CALLER
+        + b',"outputs":['
+        + GOOD_OUTPUT
+        + b"]}",
+        b'{"id":"e1","created_at":"yesterday",'
+        + GOOD_CALLER
+        + b',"outputs":['
+        + GOOD_OUTPUT
+        + b"]}",
+        raw_event(
+            GOOD_CALLER
+            + b',"outputs":['
+            + GOOD_OUTPUT.replace(b'"in-1"', b'"in\\u002d1"')
+            + b"]"
+        ),
+        raw_event(
+            GOOD_CALLER
+            + b',"outputs":['
+            + GOOD_OUTPUT.replace(b'"in-1"', "\u2003".encode())
+            + b"]"
+        ),
+        raw_event(
+            GOOD_CALLER
+            + b',"outputs":['
+            + GOOD_OUTPUT.replace(b'"in-1"', '"\u2003"'.encode())
+            + b"]"
+        ),
+        raw_event(
+            GOOD_CALLER
+            + b',"outputs":['
+            + GOOD_OUTPUT.replace(b'"in-1"', '"in-\u00e9"'.encode())
+            + b"]"
+        ),
+        raw_event(
+            GOOD_CALLER
+            + b',"outputs":['
+            + GOOD_OUTPUT.replace(b'"concepts":', b'"concepts":[],"concepts":')
+            + b"]"
+        ),
+        raw_event(
+            GOOD_CALLER
+            + b',"outputs":['
+            + GOOD_OUTPUT.replace(b'"id":"cat"', b'"id":"c\\u0061t"')
+            + b"]"
+        ),
+        raw_event(
+            GOOD_CALLER
+            + b',"outputs":['
+            + GOOD_OUTPUT.replace(
+                b'"metadata":{}', b'"metadata":{"n":123456789012345678901}'
+            )
+            + b"]"
+        ),
+        raw_event(
+            GOOD_CALLER
+            + b',"outputs":['
+            + GOOD_OUTPUT.replace(
+                b'"metadata":{}', b'"metadata":' + b'{"a":' * 70 + b"1" + b"}" * 71
+            )
+            + b"]"
+        ),
+        raw_event(
+            GOOD_CALLER
+            + b',"outputs":['
+            + GOOD_OUTPUT.replace(b'"value":0.6', b'"value":6e-1')
+            + b"]"
+        ),
+        raw_event(
+            GOOD_CALLER
+            + b',"outputs":['
+            + GOOD_OUTPUT.replace(b'"value":0.6', b'"value":1')
+            + b"]"
+        ),
+        raw_event(
+            GOOD_CALLER
+            + b',"outputs":['
+            + GOOD_OUTPUT.replace(b'"code":10000', b'"code":10000.0')
+            + b"]"
+        ),
+        raw_event(GOOD_CALLER + b',"outputs":[' + GOOD_OUTPUT + b"]").replace(
+            b"}", b"} ", 1
+        ),
+        raw_event(GOOD_CALLER + b',"outputs":[' + GOOD_OUTPUT + b"]") + b"x",
+        raw_event(GOOD_CALLER + b',"outputs":[' + GOOD_OUTPUT + b"]").replace(
+            b"cat", b"c\xffa"
+        ),
+        b"[" + GOOD_OUTPUT + b"]",
+    ],
+)
+@pytest.mark.parametrize("python_decides", [True, False])
+def test_raw_event_edge_cases_route_alike(value: bytes, python_decides: bool) -> None:
+    assert_same([value], every_kind_of_collector(python_decides))
