@@ -441,6 +441,14 @@ static int check(PyObject *output, Candidate *candidate) {
         Py_ssize_t pos = 0;
         PyObject *key, *value;
         while (PyDict_Next(data, &pos, &key, &value)) {
+            /* Only exact JSON types, whose truth test runs no Python code that
+             * could free the objects this function has borrowed. */
+            if (!(value == Py_None || PyBool_Check(value) || PyLong_CheckExact(value) ||
+                  PyFloat_CheckExact(value) || PyUnicode_CheckExact(value) ||
+                  PyList_CheckExact(value) || PyDict_CheckExact(value))) {
+                Py_DECREF(source_key);
+                return 0;
+            }
             int truth = PyObject_IsTrue(value);
             if (truth < 0) {
                 Py_DECREF(source_key);
@@ -565,6 +573,72 @@ static int digest_below(const unsigned char digest[32], PyObject *limit) {
     return 32 < limit_len;
 }
 
+static int plan_error(PyObject *plan, const char *what) {
+    PyErr_Format(PyExc_TypeError, "invalid plan: %s, got %.200R", what, plan);
+    return 0;
+}
+
+/* Whether a plan has the fields and types that routing._plan builds. Raises
+ * TypeError when it has not. */
+static int plan_is_valid(PyObject *plan) {
+    if (!PyTuple_CheckExact(plan) || PyTuple_GET_SIZE(plan) != P_SIZE)
+        return plan_error(plan, "expected a tuple of PLAN_SIZE fields");
+    PyObject *caller = PyTuple_GET_ITEM(plan, P_CALLER);
+    if (caller != Py_None && !PyUnicode_Check(caller))
+        return plan_error(plan, "the caller user id must be a str or None");
+    if (!PyUnicode_Check(PyTuple_GET_ITEM(plan, P_VERSION)))
+        return plan_error(plan, "the model version id must be a str");
+    if (!PyBytes_Check(PyTuple_GET_ITEM(plan, P_SEED_PREFIX)) ||
+        !PyBytes_Check(PyTuple_GET_ITEM(plan, P_LIMIT)))
+        return plan_error(plan, "the seed prefix and digest limit must be bytes");
+    PyObject *rule_object = PyTuple_GET_ITEM(plan, P_RULE);
+    if (!PyLong_CheckExact(rule_object))
+        return plan_error(plan, "the rule code must be an int");
+    long rule = PyLong_AsLong(rule_object);
+    if (rule < RULE_NONE || rule > RULE_THRESHOLDER)
+        return plan_error(plan, "the rule code must be 0 to 3");
+    if (!PyFloat_CheckExact(PyTuple_GET_ITEM(plan, P_THRESHOLD)))
+        return plan_error(plan, "the threshold must be a float");
+    if (rule != RULE_THRESHOLDER) return 1;
+    if (!PyLong_CheckExact(PyTuple_GET_ITEM(plan, P_COMPARATOR)))
+        return plan_error(plan, "the comparator code must be an int");
+    PyObject *thresholds = PyTuple_GET_ITEM(plan, P_THRESHOLDS);
+    if (!PyDict_CheckExact(thresholds))
+        return plan_error(plan, "the thresholds must be a dict");
+    Py_ssize_t position = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(thresholds, &position, &key, &value)) {
+        if (!PyUnicode_CheckExact(key) || !PyFloat_CheckExact(value))
+            return plan_error(plan, "the thresholds must map str to float");
+    }
+    PyObject *pairs = PyTuple_GET_ITEM(plan, P_PAIRS);
+    if (!PyTuple_CheckExact(pairs))
+        return plan_error(plan, "the threshold pairs must be a tuple");
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(pairs); i++) {
+        PyObject *pair = PyTuple_GET_ITEM(pairs, i);
+        if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2 ||
+            !PyBytes_Check(PyTuple_GET_ITEM(pair, 0)) ||
+            !PyFloat_CheckExact(PyTuple_GET_ITEM(pair, 1)))
+            return plan_error(plan, "each threshold pair must be (bytes, float)");
+    }
+    return 1;
+}
+
+/* Whether `views`, a value of the plans dict, is a tuple of valid plans. Raises
+ * TypeError when it is not. */
+static int views_are_valid(PyObject *views) {
+    if (!PyTuple_CheckExact(views)) {
+        PyErr_Format(PyExc_TypeError,
+                     "plans must map a source key to a tuple of plans, got %.200R",
+                     views);
+        return 0;
+    }
+    for (Py_ssize_t v = 0; v < PyTuple_GET_SIZE(views); v++) {
+        if (!plan_is_valid(PyTuple_GET_ITEM(views, v))) return 0;
+    }
+    return 1;
+}
+
 static int caller_matches(PyObject *plan, PyObject *caller_user_id) {
     if (PyTuple_GET_ITEM(plan, P_ACTIVE) != Py_True) return 0;
     PyObject *required = PyTuple_GET_ITEM(plan, P_CALLER);
@@ -661,9 +735,14 @@ static PyObject *py_route_outputs(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "O!UO!", &PyList_Type, &outputs, &caller_user_id,
                           &PyDict_Type, &plans))
         return NULL;
-    Py_ssize_t count = PyList_GET_SIZE(outputs);
+    PyObject *items = PyList_AsTuple(outputs);
+    if (items == NULL) return NULL;
+    Py_ssize_t count = PyTuple_GET_SIZE(items);
     Candidate *candidates = PyMem_Calloc(count > 0 ? (size_t)count : 1, sizeof(Candidate));
-    if (candidates == NULL) return PyErr_NoMemory();
+    if (candidates == NULL) {
+        Py_DECREF(items);
+        return PyErr_NoMemory();
+    }
     /* Groups by source key, in order of first appearance. */
     PyObject **group_plans = PyMem_Calloc(count > 0 ? (size_t)count : 1, sizeof(PyObject *));
     PyObject *result = NULL, *decisions = NULL;
@@ -673,7 +752,7 @@ static PyObject *py_route_outputs(PyObject *self, PyObject *args) {
         goto done;
     }
     for (Py_ssize_t i = 0; i < count; i++) {
-        int ok = check(PyList_GET_ITEM(outputs, i), &candidates[i]);
+        int ok = check(PyTuple_GET_ITEM(items, i), &candidates[i]);
         if (ok < 0) goto done;
         if (ok == 0) {
             result = Py_None;
@@ -686,19 +765,20 @@ static PyObject *py_route_outputs(PyObject *self, PyObject *args) {
     for (Py_ssize_t i = 0; i < count; i++) {
         Candidate *candidate = &candidates[i];
         PyObject *views = get(plans, candidate->source_key);
+        int group = -1;
+        for (Py_ssize_t g = 0; views != NULL && g < groups; g++) {
+            if (group_plans[g] == views) {
+                group = (int)g;
+                break;
+            }
+        }
+        if (group < 0 && views != NULL && !views_are_valid(views)) goto done;
         if (views == NULL || PyTuple_GET_SIZE(views) == 0) {
             if (candidate->failed)
                 skipped_status++;
             else
                 unwatched++;
             continue;
-        }
-        int group = -1;
-        for (Py_ssize_t g = 0; g < groups; g++) {
-            if (group_plans[g] == views) {
-                group = (int)g;
-                break;
-            }
         }
         if (group < 0) {
             group = (int)groups;
@@ -727,6 +807,7 @@ done:
     PyMem_Free(candidates);
     PyMem_Free(group_plans);
     Py_XDECREF(decisions);
+    Py_DECREF(items);
     return result;
 }
 
@@ -1299,6 +1380,9 @@ static int raw_nests_deeper(Parser *parser, Py_ssize_t index, int levels_left) {
 /* Whether an object has two members with the same key (compared as bytes, which
  * misses only keys spelled with escapes, and those fail `member` first). */
 static int has_duplicate_keys(Parser *parser, Py_ssize_t object) {
+    /* The pairwise comparison is quadratic, so larger objects count as having
+     * duplicates and take the orjson path. */
+    if (parser->nodes[object].count > 16) return 1;
     for (Py_ssize_t a = parser->nodes[object].first; a >= 0;
          a = parser->nodes[parser->nodes[a].next].next) {
         JNode *first = &parser->nodes[a];
@@ -1680,19 +1764,20 @@ static PyObject *py_route_event(PyObject *self, PyObject *args) {
     for (Py_ssize_t i = 0; i < count; i++) {
         RawCandidate *candidate = &candidates[i];
         PyObject *views = get(plans, candidate->source_key);
+        int group = -1;
+        for (Py_ssize_t g = 0; views != NULL && g < groups; g++) {
+            if (group_plans[g] == views) {
+                group = (int)g;
+                break;
+            }
+        }
+        if (group < 0 && views != NULL && !views_are_valid(views)) goto done;
         if (views == NULL || PyTuple_GET_SIZE(views) == 0) {
             if (candidate->failed)
                 skipped_status++;
             else
                 unwatched++;
             continue;
-        }
-        int group = -1;
-        for (Py_ssize_t g = 0; g < groups; g++) {
-            if (group_plans[g] == views) {
-                group = (int)g;
-                break;
-            }
         }
         if (group < 0) {
             group = (int)groups;

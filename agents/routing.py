@@ -42,6 +42,12 @@ except ImportError:  # not built (see setup.py): the Python code decides alone
 logger = logging.getLogger(__name__)
 
 
+# The extension's parser keeps a 72-byte node for every JSON value, up to about
+# 32 times the event's size for an array of small numbers. Larger events, far
+# beyond the 128 outputs of a predict call, take the orjson path.
+RAW_EVENT_MAX_BYTES = 1 << 20
+
+
 def native_available() -> bool:
     """Return whether the C extension agents._stage_one is built."""
     return _stage_one is not None
@@ -131,7 +137,7 @@ class Router:
                 self._plans_of = snapshot
             # The extension parses the event itself. None: it takes the orjson
             # path below, which decides on every event.
-            if value and len(value) <= self.max_event_bytes:
+            if value and len(value) <= min(self.max_event_bytes, RAW_EVENT_MAX_BYTES):
                 assert _stage_one is not None
                 raw_decided = _stage_one.route_event(value, self._plans)
                 if raw_decided is not None and self._apply_raw(raw_decided, result):
