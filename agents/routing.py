@@ -13,7 +13,6 @@ Input ids at the destination are derived from the collector and the event (see
 from __future__ import annotations
 
 import hashlib
-import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -38,9 +37,6 @@ try:
     from agents import _stage_one
 except ImportError:  # not built (see setup.py): the Python code decides alone
     _stage_one = None
-
-logger = logging.getLogger(__name__)
-
 
 # The extension's parser keeps a 72-byte node for every JSON value, up to about
 # 32 times the event's size for an array of small numbers. Larger events, far
@@ -98,8 +94,9 @@ class Router:
     """Applies stage one to events, with the configuration snapshot of the moment.
 
     With `native` (the default when agents._stage_one is built), the C extension
+    parses the event's bytes, or reads orjson's objects when its parser cannot,
     checks the outputs and decides the random samples and the one-node threshold
-    workflows; Python builds the queue items of the survivors and decides what the
+    workflows. Python builds the queue items of the survivors and decides what the
     extension leaves to it (see `_plan`). Both ways give the same result.
     """
 
@@ -191,19 +188,8 @@ class Router:
         created_at_s = event.created_at.timestamp()
         for plan, matched, dropped_sample, dropped_rule, survivors in decisions:
             view: CollectorView = plan[0]
-            funnel = self.stats.funnel[view.key]
-            funnel["matched"] += matched
-            if view.broken_reason:
-                funnel["dropped_pre_queue"] += matched
+            if not self._count(plan, matched, dropped_sample, dropped_rule, survivors):
                 continue
-            if dropped_sample:
-                funnel["dropped_random_sample"] += dropped_sample
-            if dropped_rule:
-                self.stats.rule_drops[(view.key, plan[_PLAN_NODE_ID])] += dropped_rule
-                funnel["dropped_pre_queue"] += dropped_rule
-            if not survivors:
-                continue
-            funnel["enqueued"] += len(survivors)
             batch = result.batches[view.key]
             collect_outputs = view.record.collect_outputs
             # The same items as `queue_item` makes.
@@ -245,32 +231,48 @@ class Router:
                 continue
             plan, matched, dropped_sample, dropped_rule, survivors = decision
             view: CollectorView = plan[0]
-            funnel = self.stats.funnel[view.key]
-            funnel["matched"] += matched
-            if view.broken_reason:
-                funnel["dropped_pre_queue"] += matched
+            if not self._count(plan, matched, dropped_sample, dropped_rule, survivors):
                 continue
-            if dropped_sample:
-                funnel["dropped_random_sample"] += dropped_sample
-            if dropped_rule:
-                self.stats.rule_drops[(view.key, plan[_PLAN_NODE_ID])] += dropped_rule
-                funnel["dropped_pre_queue"] += dropped_rule
-            if survivors:
-                funnel["enqueued"] += len(survivors)
-                batch = result.batches[view.key]
-                for index in survivors:
-                    output = outputs[index]
-                    input_document = output["input"]
-                    batch.append(
-                        queue_item(
-                            view,
-                            event,
-                            output,
-                            input_document["id"],
-                            output.get("data") or {},
-                            pre_queue_pending=False,
-                        )
+            batch = result.batches[view.key]
+            for index in survivors:
+                output = outputs[index]
+                input_document = output["input"]
+                batch.append(
+                    queue_item(
+                        view,
+                        event,
+                        output,
+                        input_document["id"],
+                        output.get("data") or {},
+                        pre_queue_pending=False,
                     )
+                )
+
+    def _count(
+        self,
+        plan: tuple[Any, ...],
+        matched: int,
+        dropped_sample: int,
+        dropped_rule: int,
+        survivors: list[Any],
+    ) -> bool:
+        """Add one collector's decision on one event to its funnel and rule drops,
+        as `_sample` does, and return whether it has survivors to enqueue."""
+        view: CollectorView = plan[0]
+        funnel = self.stats.funnel[view.key]
+        funnel["matched"] += matched
+        if view.broken_reason:
+            funnel["dropped_pre_queue"] += matched
+            return False
+        if dropped_sample:
+            funnel["dropped_random_sample"] += dropped_sample
+        if dropped_rule:
+            self.stats.rule_drops[(view.key, plan[_PLAN_NODE_ID])] += dropped_rule
+            funnel["dropped_pre_queue"] += dropped_rule
+        if not survivors:
+            return False
+        funnel["enqueued"] += len(survivors)
+        return True
 
     def _check_outputs(
         self, event: PredictionEvent, snapshot: ConfigSnapshot, result: RouteResult
