@@ -36,7 +36,7 @@ from rules.workflow import WorkflowResult
 try:
     from agents import _stage_one
 except ImportError:  # not built (see setup.py): the Python code decides alone
-    _stage_one = None
+    _stage_one = None  # type: ignore[assignment]
 
 # The extension's parser keeps a 72-byte node for every JSON value, up to about
 # 32 times the event's size for an array of small numbers. Larger events, far
