@@ -178,6 +178,7 @@ class Router:
             )
         except ValidationError:
             return False
+
         skipped_status, unwatched = counts
         totals = self.stats.totals
         totals["outputs_in"] += count
@@ -190,6 +191,7 @@ class Router:
             view: CollectorView = plan[0]
             if not self._count(plan, matched, dropped_sample, dropped_rule, survivors):
                 continue
+
             batch = result.batches[view.key]
             collect_outputs = view.record.collect_outputs
             # The same items as `queue_item` makes.
@@ -512,23 +514,30 @@ def _candidate(output: Any, fields: OutputFields | None = None) -> _Candidate:
     )
 
 
-# The comparators of a concept-thresholder, by the code the C extension reads.
+# The codes of the one-node workflows that the C extension runs (RULE_* in
+# agents/_stage_one.c).
 _RULE_CODES = {"max-probability-below": 1, "min-probability-above": 2}
 _THRESHOLDER = 3
 _PLAN_NODE_ID = 14
 
 
 def _plan(view: CollectorView) -> tuple[Any, ...]:
-    """Return what the C extension reads of a collector, in the order of the enum
-    in agents/_stage_one.c: the view; whether Python decides its outputs (a
-    sample by metadata value, a remote pre-queue model, or a workflow other than
-    one max-probability-below, min-probability-above or concept-thresholder node);
-    whether it is active; the caller user id it requires, or None; the model
-    version id it requires, or ""; whether it collects failed predictions; whether
-    it is broken; whether it samples by input id; the seed prefix and digest limit
-    of that sample; the rule code, threshold, comparator code and thresholds of its
-    one-node workflow; that node's id; and the thresholds again, as pairs of the
-    concept id in UTF-8 and the threshold, for raw events."""
+    """Return what the C extension reads of a collector, in the order of the P_*
+    enum in agents/_stage_one.c:
+
+    - the view;
+    - whether Python decides its outputs: for a sample by metadata value, a
+      remote pre-queue model, or a workflow other than one max-probability-below,
+      min-probability-above or concept-thresholder node;
+    - whether it is active, the caller user id it requires (or None) and the
+      model version id it requires (or "");
+    - whether it collects failed predictions, and whether it is broken;
+    - whether it samples by input id, with the seed prefix and digest limit;
+    - the rule code, threshold, comparator code and thresholds of its one-node
+      workflow, and that node's id;
+    - the thresholds again, as pairs of the concept id in UTF-8 and the
+      threshold, which raw events are compared with.
+    """
     record = view.record
     workflow = view.pre_queue
     step = workflow.context_free_step if workflow is not None else None

@@ -48,7 +48,7 @@ _COMPARATORS: dict[str, Comparator] = {
     "LESS_THAN_OR_EQUAL": operator.le,
     "EQUAL": _is_equal,
 }
-# The codes by which the C extension agents._stage_one knows the comparators.
+# The comparators' codes in the C extension agents._stage_one.
 _COMPARATOR_CODES: dict[Comparator, int] = {
     _COMPARATORS[name]: code for code, name in _COMPARATOR_NAMES.items()
 }
