@@ -639,11 +639,85 @@ static int views_are_valid(PyObject *views) {
     return 1;
 }
 
+/* Sets *group to the index of the candidate's model in `group_plans`, adding the
+ * model when it is met first. A model that no collector watches gets -1, and
+ * the candidate counts as skipped (failed) or unwatched. Returns -1, with a
+ * TypeError, when the model's plans are invalid. */
+static int assign_group(PyObject *plans, PyObject *source_key, int failed,
+                        PyObject **group_plans, Py_ssize_t *groups, int *group,
+                        Py_ssize_t *skipped_status, Py_ssize_t *unwatched) {
+    PyObject *views = get(plans, source_key);
+    *group = -1;
+    if (views != NULL) {
+        for (Py_ssize_t g = 0; g < *groups; g++) {
+            if (group_plans[g] == views) {
+                *group = (int)g;
+                return 0;
+            }
+        }
+        if (!views_are_valid(views)) return -1;
+        if (PyTuple_GET_SIZE(views) > 0) {
+            *group = (int)*groups;
+            group_plans[(*groups)++] = views;
+            return 0;
+        }
+    }
+    if (failed)
+        (*skipped_status)++;
+    else
+        (*unwatched)++;
+    return 0;
+}
+
 static int caller_matches(PyObject *plan, PyObject *caller_user_id) {
     if (PyTuple_GET_ITEM(plan, P_ACTIVE) != Py_True) return 0;
     PyObject *required = PyTuple_GET_ITEM(plan, P_CALLER);
     if (required == Py_None) return 1;
     return PyUnicode_Compare(required, caller_user_id) == 0;
+}
+
+/* The fields of a plan that a decision reads for every candidate. */
+typedef struct {
+    int collect_failed;
+    int broken;
+    int samples;
+    long rule;
+    PyObject *prefix;
+    PyObject *limit;
+} PlanFields;
+
+static void read_plan(PyObject *plan, PlanFields *fields) {
+    fields->collect_failed = PyTuple_GET_ITEM(plan, P_COLLECT_FAILED) == Py_True;
+    fields->broken = PyTuple_GET_ITEM(plan, P_BROKEN) == Py_True;
+    fields->samples = PyTuple_GET_ITEM(plan, P_SAMPLES) == Py_True;
+    fields->rule = PyLong_AsLong(PyTuple_GET_ITEM(plan, P_RULE));
+    fields->prefix = PyTuple_GET_ITEM(plan, P_SEED_PREFIX);
+    fields->limit = PyTuple_GET_ITEM(plan, P_LIMIT);
+}
+
+/* Whether the plan's random sample keeps an input id given in UTF-8. */
+static int sample_keeps(PlanFields *fields, const char *input_id, Py_ssize_t length) {
+    unsigned char digest[32];
+    sha256_two(PyBytes_AS_STRING(fields->prefix), PyBytes_GET_SIZE(fields->prefix),
+               input_id, length, digest);
+    return digest_below(digest, fields->limit);
+}
+
+/* Appends (plan, matched, dropped_sample, dropped_rule, survivors) to decisions
+ * when any candidate matched, and releases survivors. Returns -1 on error. */
+static int append_decision(PyObject *decisions, PyObject *plan, Py_ssize_t matched,
+                           Py_ssize_t dropped_sample, Py_ssize_t dropped_rule,
+                           PyObject *survivors) {
+    if (matched == 0) {
+        Py_DECREF(survivors);
+        return 0;
+    }
+    PyObject *entry = Py_BuildValue("(OnnnN)", plan, matched, dropped_sample,
+                                    dropped_rule, survivors);
+    if (entry == NULL) return -1;
+    int status = PyList_Append(decisions, entry);
+    Py_DECREF(entry);
+    return status;
 }
 
 /* Appends the decision of one native plan on one group of candidates, if any
@@ -652,36 +726,29 @@ static int decide(PyObject *plan, Candidate *candidates, Py_ssize_t count, int g
                   PyObject *decisions) {
     PyObject *version_id = PyTuple_GET_ITEM(plan, P_VERSION);
     int any_version = PyUnicode_GET_LENGTH(version_id) == 0;
-    int collect_failed = PyTuple_GET_ITEM(plan, P_COLLECT_FAILED) == Py_True;
-    int broken = PyTuple_GET_ITEM(plan, P_BROKEN) == Py_True;
-    int samples = PyTuple_GET_ITEM(plan, P_SAMPLES) == Py_True;
-    long rule = PyLong_AsLong(PyTuple_GET_ITEM(plan, P_RULE));
-    PyObject *prefix = PyTuple_GET_ITEM(plan, P_SEED_PREFIX);
-    PyObject *limit = PyTuple_GET_ITEM(plan, P_LIMIT);
+    PlanFields fields;
+    read_plan(plan, &fields);
     Py_ssize_t matched = 0, dropped_sample = 0, dropped_rule = 0;
     PyObject *survivors = PyList_New(0);
     if (survivors == NULL) return -1;
     for (Py_ssize_t i = 0; i < count; i++) {
         Candidate *candidate = &candidates[i];
         if (candidate->group != group) continue;
-        if (candidate->failed && !collect_failed) continue;
+        if (candidate->failed && !fields.collect_failed) continue;
         if (!any_version && PyUnicode_Compare(candidate->version_id, version_id) != 0)
             continue;
         matched++;
-        if (broken) continue;
-        if (samples) {
+        if (fields.broken) continue;
+        if (fields.samples) {
             Py_ssize_t id_len;
             const char *id_utf8 = PyUnicode_AsUTF8AndSize(candidate->input_id, &id_len);
             if (id_utf8 == NULL) goto error;
-            unsigned char digest[32];
-            sha256_two(PyBytes_AS_STRING(prefix), PyBytes_GET_SIZE(prefix), id_utf8,
-                       id_len, digest);
-            if (!digest_below(digest, limit)) {
+            if (!sample_keeps(&fields, id_utf8, id_len)) {
                 dropped_sample++;
                 continue;
             }
         }
-        if (rule != RULE_NONE && !candidate->failed) {
+        if (fields.rule != RULE_NONE && !candidate->failed) {
             if (!candidate->has_data || !rule_passes(plan, candidate->data)) {
                 dropped_rule++;
                 continue;
@@ -694,16 +761,8 @@ static int decide(PyObject *plan, Candidate *candidates, Py_ssize_t count, int g
         }
         Py_DECREF(index);
     }
-    if (matched == 0) {
-        Py_DECREF(survivors);
-        return 0;
-    }
-    PyObject *entry = Py_BuildValue("(OnnnN)", plan, matched, dropped_sample,
-                                    dropped_rule, survivors);
-    if (entry == NULL) return -1;
-    int status = PyList_Append(decisions, entry);
-    Py_DECREF(entry);
-    return status;
+    return append_decision(decisions, plan, matched, dropped_sample, dropped_rule,
+                           survivors);
 error:
     Py_DECREF(survivors);
     return -1;
@@ -764,27 +823,9 @@ static PyObject *py_route_outputs(PyObject *self, PyObject *args) {
 
     for (Py_ssize_t i = 0; i < count; i++) {
         Candidate *candidate = &candidates[i];
-        PyObject *views = get(plans, candidate->source_key);
-        int group = -1;
-        for (Py_ssize_t g = 0; views != NULL && g < groups; g++) {
-            if (group_plans[g] == views) {
-                group = (int)g;
-                break;
-            }
-        }
-        if (group < 0 && views != NULL && !views_are_valid(views)) goto done;
-        if (views == NULL || PyTuple_GET_SIZE(views) == 0) {
-            if (candidate->failed)
-                skipped_status++;
-            else
-                unwatched++;
-            continue;
-        }
-        if (group < 0) {
-            group = (int)groups;
-            group_plans[groups++] = views;
-        }
-        candidate->group = group;
+        if (assign_group(plans, candidate->source_key, candidate->failed, group_plans,
+                         &groups, &candidate->group, &skipped_status, &unwatched) < 0)
+            goto done;
     }
 
     decisions = PyList_New(0);
@@ -1667,35 +1708,27 @@ static int raw_decide(Parser *parser, PyObject *plan, RawCandidate *candidates,
     const char *version =
         PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(plan, P_VERSION), &version_length);
     if (version == NULL) return -1;
-    int collect_failed = PyTuple_GET_ITEM(plan, P_COLLECT_FAILED) == Py_True;
-    int broken = PyTuple_GET_ITEM(plan, P_BROKEN) == Py_True;
-    int samples = PyTuple_GET_ITEM(plan, P_SAMPLES) == Py_True;
-    long rule = PyLong_AsLong(PyTuple_GET_ITEM(plan, P_RULE));
-    PyObject *prefix = PyTuple_GET_ITEM(plan, P_SEED_PREFIX);
-    PyObject *limit = PyTuple_GET_ITEM(plan, P_LIMIT);
+    PlanFields fields;
+    read_plan(plan, &fields);
     Py_ssize_t matched = 0, dropped_sample = 0, dropped_rule = 0;
     PyObject *survivors = PyList_New(0);
     if (survivors == NULL) return -1;
     for (Py_ssize_t i = 0; i < count; i++) {
         RawCandidate *candidate = &candidates[i];
         if (candidate->group != group) continue;
-        if (candidate->failed && !collect_failed) continue;
+        if (candidate->failed && !fields.collect_failed) continue;
         if (version_length > 0 &&
             (candidate->version_length != version_length ||
              memcmp(candidate->version, version, (size_t)version_length) != 0))
             continue;
         matched++;
-        if (broken) continue;
-        if (samples) {
-            unsigned char digest[32];
-            sha256_two(PyBytes_AS_STRING(prefix), PyBytes_GET_SIZE(prefix),
-                       candidate->input_id, candidate->input_id_length, digest);
-            if (!digest_below(digest, limit)) {
-                dropped_sample++;
-                continue;
-            }
+        if (fields.broken) continue;
+        if (fields.samples &&
+            !sample_keeps(&fields, candidate->input_id, candidate->input_id_length)) {
+            dropped_sample++;
+            continue;
         }
-        if (rule != RULE_NONE && !candidate->failed) {
+        if (fields.rule != RULE_NONE && !candidate->failed) {
             if (!candidate->has_data || !raw_rule_passes(parser, plan, candidate->data)) {
                 dropped_rule++;
                 continue;
@@ -1707,16 +1740,8 @@ static int raw_decide(Parser *parser, PyObject *plan, RawCandidate *candidates,
             return -1;
         }
     }
-    if (matched == 0) {
-        Py_DECREF(survivors);
-        return 0;
-    }
-    PyObject *entry = Py_BuildValue("(OnnnN)", plan, matched, dropped_sample,
-                                    dropped_rule, survivors);
-    if (entry == NULL) return -1;
-    int status = PyList_Append(decisions, entry);
-    Py_DECREF(entry);
-    return status;
+    return append_decision(decisions, plan, matched, dropped_sample, dropped_rule,
+                           survivors);
 }
 
 static PyObject *py_route_event(PyObject *self, PyObject *args) {
@@ -1763,27 +1788,9 @@ static PyObject *py_route_event(PyObject *self, PyObject *args) {
 
     for (Py_ssize_t i = 0; i < count; i++) {
         RawCandidate *candidate = &candidates[i];
-        PyObject *views = get(plans, candidate->source_key);
-        int group = -1;
-        for (Py_ssize_t g = 0; views != NULL && g < groups; g++) {
-            if (group_plans[g] == views) {
-                group = (int)g;
-                break;
-            }
-        }
-        if (group < 0 && views != NULL && !views_are_valid(views)) goto done;
-        if (views == NULL || PyTuple_GET_SIZE(views) == 0) {
-            if (candidate->failed)
-                skipped_status++;
-            else
-                unwatched++;
-            continue;
-        }
-        if (group < 0) {
-            group = (int)groups;
-            group_plans[groups++] = views;
-        }
-        candidate->group = group;
+        if (assign_group(plans, candidate->source_key, candidate->failed, group_plans,
+                         &groups, &candidate->group, &skipped_status, &unwatched) < 0)
+            goto done;
     }
 
     caller_user_id = string_object(&parser, user_id);

@@ -602,6 +602,13 @@ GOOD_OUTPUT = orjson.dumps(output("in-1", concepts=[("cat", 0.6), ("dog", 0.3)])
 GOOD_CALLER = b'"caller":{"user_id":"caller-1"}'
 
 
+def with_output_edit(old: bytes, new: bytes) -> bytes:
+    """Return a raw event of one output, GOOD_OUTPUT with `old` replaced."""
+    return raw_event(
+        GOOD_CALLER + b',"outputs":[' + GOOD_OUTPUT.replace(old, new) + b"]"
+    )
+
+
 @pytest.mark.parametrize(
     "value",
     [
@@ -635,76 +642,19 @@ GOOD_CALLER = b'"caller":{"user_id":"caller-1"}'
         + b',"outputs":['
         + GOOD_OUTPUT
         + b"]}",
-        raw_event(
-            GOOD_CALLER
-            + b',"outputs":['
-            + GOOD_OUTPUT.replace(b'"in-1"', b'"in\\u002d1"')
-            + b"]"
+        with_output_edit(b'"in-1"', b'"in\\u002d1"'),
+        with_output_edit(b'"in-1"', "\u2003".encode()),
+        with_output_edit(b'"in-1"', '"\u2003"'.encode()),
+        with_output_edit(b'"in-1"', '"in-\u00e9"'.encode()),
+        with_output_edit(b'"concepts":', b'"concepts":[],"concepts":'),
+        with_output_edit(b'"id":"cat"', b'"id":"c\\u0061t"'),
+        with_output_edit(b'"metadata":{}', b'"metadata":{"n":123456789012345678901}'),
+        with_output_edit(
+            b'"metadata":{}', b'"metadata":' + b'{"a":' * 70 + b"1" + b"}" * 71
         ),
-        raw_event(
-            GOOD_CALLER
-            + b',"outputs":['
-            + GOOD_OUTPUT.replace(b'"in-1"', "\u2003".encode())
-            + b"]"
-        ),
-        raw_event(
-            GOOD_CALLER
-            + b',"outputs":['
-            + GOOD_OUTPUT.replace(b'"in-1"', '"\u2003"'.encode())
-            + b"]"
-        ),
-        raw_event(
-            GOOD_CALLER
-            + b',"outputs":['
-            + GOOD_OUTPUT.replace(b'"in-1"', '"in-\u00e9"'.encode())
-            + b"]"
-        ),
-        raw_event(
-            GOOD_CALLER
-            + b',"outputs":['
-            + GOOD_OUTPUT.replace(b'"concepts":', b'"concepts":[],"concepts":')
-            + b"]"
-        ),
-        raw_event(
-            GOOD_CALLER
-            + b',"outputs":['
-            + GOOD_OUTPUT.replace(b'"id":"cat"', b'"id":"c\\u0061t"')
-            + b"]"
-        ),
-        raw_event(
-            GOOD_CALLER
-            + b',"outputs":['
-            + GOOD_OUTPUT.replace(
-                b'"metadata":{}', b'"metadata":{"n":123456789012345678901}'
-            )
-            + b"]"
-        ),
-        raw_event(
-            GOOD_CALLER
-            + b',"outputs":['
-            + GOOD_OUTPUT.replace(
-                b'"metadata":{}', b'"metadata":' + b'{"a":' * 70 + b"1" + b"}" * 71
-            )
-            + b"]"
-        ),
-        raw_event(
-            GOOD_CALLER
-            + b',"outputs":['
-            + GOOD_OUTPUT.replace(b'"value":0.6', b'"value":6e-1')
-            + b"]"
-        ),
-        raw_event(
-            GOOD_CALLER
-            + b',"outputs":['
-            + GOOD_OUTPUT.replace(b'"value":0.6', b'"value":1')
-            + b"]"
-        ),
-        raw_event(
-            GOOD_CALLER
-            + b',"outputs":['
-            + GOOD_OUTPUT.replace(b'"code":10000', b'"code":10000.0')
-            + b"]"
-        ),
+        with_output_edit(b'"value":0.6', b'"value":6e-1'),
+        with_output_edit(b'"value":0.6', b'"value":1'),
+        with_output_edit(b'"code":10000', b'"code":10000.0'),
         raw_event(GOOD_CALLER + b',"outputs":[' + GOOD_OUTPUT + b"]").replace(
             b"}", b"} ", 1
         ),
