@@ -573,8 +573,8 @@ static int digest_below(const unsigned char digest[32], PyObject *limit) {
     return 32 < limit_len;
 }
 
-static int plan_error(PyObject *plan, const char *what) {
-    PyErr_Format(PyExc_TypeError, "invalid plan: %s, got %.200R", what, plan);
+static int plan_error(PyObject *plan, const char *problem) {
+    PyErr_Format(PyExc_TypeError, "invalid plan: %s, got %.200R", problem, plan);
     return 0;
 }
 
@@ -600,6 +600,7 @@ static int plan_is_valid(PyObject *plan) {
     if (!PyFloat_CheckExact(PyTuple_GET_ITEM(plan, P_THRESHOLD)))
         return plan_error(plan, "the threshold must be a float");
     if (rule != RULE_THRESHOLDER) return 1;
+
     if (!PyLong_CheckExact(PyTuple_GET_ITEM(plan, P_COMPARATOR)))
         return plan_error(plan, "the comparator code must be an int");
     PyObject *thresholds = PyTuple_GET_ITEM(plan, P_THRESHOLDS);
@@ -611,6 +612,7 @@ static int plan_is_valid(PyObject *plan) {
         if (!PyUnicode_CheckExact(key) || !PyFloat_CheckExact(value))
             return plan_error(plan, "the thresholds must map str to float");
     }
+
     PyObject *pairs = PyTuple_GET_ITEM(plan, P_PAIRS);
     if (!PyTuple_CheckExact(pairs))
         return plan_error(plan, "the threshold pairs must be a tuple");
@@ -1148,6 +1150,7 @@ static Py_ssize_t parse_container(Parser *parser, int type) {
     if (index < 0) return -1;
     char closing = type == J_OBJECT ? '}' : ']';
     Py_ssize_t last = -1, count = 0;
+
     skip_space(parser);
     if (parser->at < parser->end && *parser->at == closing) {
         parser->at++;
@@ -1181,6 +1184,7 @@ static Py_ssize_t parse_container(Parser *parser, int type) {
         }
         last = child;
         count++;
+
         skip_space(parser);
         if (parser->at >= parser->end) return -1;
         if (*parser->at == ',') {
@@ -1672,6 +1676,7 @@ static PyObject *survivor(Parser *parser, RawCandidate *candidate) {
     PyObject *data = candidate->data >= 0 ? node_object(parser, candidate->data)
                                           : PyDict_New();
     PyObject *top = Py_NewRef(Py_None);
+
     if (input != NULL && input_id != NULL && data != NULL && candidate->data >= 0) {
         /* max(concepts, key=value): the first concept with the largest value */
         Py_ssize_t concepts = MEMBER(parser, candidate->data, "concepts");
@@ -1692,6 +1697,7 @@ static PyObject *survivor(Parser *parser, RawCandidate *candidate) {
             top = string_object(parser, MEMBER(parser, best, "id"));
         }
     }
+
     if (input != NULL && input_id != NULL && data != NULL && top != NULL)
         candidate->survivor = PyTuple_Pack(4, input, input_id, data, top);
     Py_XDECREF(input);
@@ -1734,8 +1740,8 @@ static int raw_decide(Parser *parser, PyObject *plan, RawCandidate *candidates,
                 continue;
             }
         }
-        PyObject *kept = survivor(parser, candidate);
-        if (kept == NULL || PyList_Append(survivors, kept) < 0) {
+        PyObject *item = survivor(parser, candidate);
+        if (item == NULL || PyList_Append(survivors, item) < 0) {
             Py_DECREF(survivors);
             return -1;
         }
