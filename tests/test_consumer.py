@@ -4,12 +4,19 @@ which must lose no input and post none twice."""
 
 from __future__ import annotations
 
+import asyncio
+
 import faust
 import pytest
 from faust.transport.drivers.aiokafka import Consumer as FaustConsumer
 from faust.types import TP
 
-from agents.consumer import LeanConsumer, use_lean_consumer
+from agents.consumer import (
+    FETCH_WAIT_S,
+    PAUSED_FETCH_WAIT_S,
+    LeanConsumer,
+    use_lean_consumer,
+)
 from agents.worker import build_worker_app
 from app.settings import Settings
 from tests.fault_fixtures import Scenario, assert_alive
@@ -59,6 +66,34 @@ async def test_direct_hand_over_conditions() -> None:
     assert cannot_block(tp) is False
     queue.get_nowait()
     assert cannot_block(tp) is True
+
+
+async def test_fetch_wait_while_partitions_paused() -> None:
+    app = faust.App("lean-pause", broker="kafka://127.0.0.1:1", web_enabled=False)
+    use_lean_consumer(app)
+    consumer = app.consumer
+    assert isinstance(consumer, LeanConsumer)
+    first, second = TP("lean-pause", 0), TP("lean-pause", 1)
+    consumer._set_active_tps({first, second})
+    assert await consumer._fetch_wait_s() == FETCH_WAIT_S
+
+    # A full buffer pauses one partition. Fetches go on for the other, with a
+    # short wait so that the paused one is read again soon after it resumes.
+    consumer.on_buffer_full(first)
+    assert consumer._get_active_partitions() == {second}
+    assert await consumer._fetch_wait_s() == PAUSED_FETCH_WAIT_S
+
+    # With both paused there is nothing to fetch until the pressure drops.
+    consumer.on_buffer_full(second)
+    waiting = asyncio.create_task(consumer._fetch_wait_s())
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    consumer.on_buffer_drop(first)
+    assert await asyncio.wait_for(waiting, 5.0) == PAUSED_FETCH_WAIT_S
+    assert consumer._get_active_partitions() == {first}
+
+    consumer.on_buffer_drop(second)
+    assert await consumer._fetch_wait_s() == FETCH_WAIT_S
 
 
 @pytest.mark.slow
