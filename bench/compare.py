@@ -106,6 +106,11 @@ def _parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--duration", type=float, default=20.0, help="latency run, s [20]"
     )
+    parser.add_argument(
+        "--stages",
+        default="route,deliver",
+        help="the stage-one worker's stages: route, deliver or both [route,deliver]",
+    )
 
     args = parser.parse_args(argv)
     for item in [*args.variant, *args.base]:
@@ -184,7 +189,9 @@ async def _measure(
             f"p50 {latency.p50_ms} p90 {latency.p90_ms} p99 {latency.p99_ms} "
             f"max {latency.max_ms} ms, cores {latency.cores_used}"
         )
-    run = await measure_stage_one(ctx, args.collectors, args.survival, 1, matched)
+    run = await measure_stage_one(
+        ctx, args.collectors, args.survival, 1, matched, stages=[args.stages]
+    )
     return (
         f"stage one {run.predictions_per_s:,.0f} pred/s, both stages keep up with "
         f"{run.end_to_end_predictions_per_s:,.0f}, cores {run.cores_used}"
