@@ -3,8 +3,9 @@
 Starts Kafka and Redis when they are not running, publishes the data set to a new
 topic, measures the raw consumer rate R and the Faust floor, then runs real
 workers: stage one with one and two processes, the end-to-end latency at half the
-rate that one process sustains with both stages, and (without --quick) the scaling
-runs. Prints a table, writes bench/results/<UTC date and time>.json and prints
+rate that one process sustains with both stages on a backlog, the highest live rate
+it keeps up with and the latency at half of that, and (without --quick) the
+scaling runs. Prints a table, writes bench/results/<UTC date and time>.json and prints
 `ratio=<stage one / R>` last.
 """
 
@@ -32,6 +33,7 @@ from bench.runs import (
     configure_collectors,
     measure_faust_floor,
     measure_latency,
+    measure_live_capacity,
     measure_stage_one,
 )
 from bench.services import running_services
@@ -65,6 +67,9 @@ class Plan:
     window_s: float
     latency_duration_s: float
     latency_warm_up_s: float
+    # Latency runs that bisect for the highest live rate one worker keeps up with.
+    live_probes: int
+    probe_duration_s: float
     # (collectors, survival) pairs measured besides the main configuration.
     scaling: tuple[tuple[int, float], ...]
 
@@ -75,6 +80,8 @@ FULL = Plan(
     window_s=25.0,
     latency_duration_s=30.0,
     latency_warm_up_s=5.0,
+    live_probes=3,
+    probe_duration_s=15.0,
     scaling=((10, 0.10), (10_000, 0.10), (1000, 0.01), (1000, 1.0)),
 )
 QUICK = Plan(
@@ -83,6 +90,8 @@ QUICK = Plan(
     window_s=8.0,
     latency_duration_s=12.0,
     latency_warm_up_s=3.0,
+    live_probes=2,
+    probe_duration_s=10.0,
     scaling=(),
 )
 
@@ -216,7 +225,7 @@ async def _run(
         faust_floor = await measure_faust_floor(ctx, "lean")
         _say("measuring the Faust floor with faust-streaming's own consumer")
         faust_floor_stock = await measure_faust_floor(ctx, "faust")
-        runs, latency, latency_quarter = await _measure_workers(
+        runs, latency, live_capacity, latency_live = await _measure_workers(
             ctx,
             plan,
             main_configuration,
@@ -253,7 +262,8 @@ async def _run(
         "faust_floor_stock_consumer": faust_floor_stock,
         "stage_one": runs,
         "latency": latency,
-        "latency_quarter_load": latency_quarter,
+        "live_capacity": live_capacity,
+        "latency_half_live_capacity": latency_live,
         "speed_up_two_workers": two["predictions_per_s"]
         / main_run["predictions_per_s"],
         "ratio_split": split["predictions_per_s"] / raw["predictions_per_s"],
@@ -268,12 +278,13 @@ async def _measure_workers(
     quantiles: dict[str, collectors.ModelQuantiles],
     templates: list[dict[str, Any]],
     success_by_model: list[int],
-) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any], dict[str, Any]]:
     """Run the main configuration, then the scaling configurations, and return
-    the stage-one runs and the two latency runs.
+    the stage-one runs, the latency run at half the backlog rate, the live
+    capacity search and the latency run at half the live capacity.
 
-    The main configuration runs one worker, two workers, and the latency at half
-    and at a quarter load."""
+    The main configuration runs one worker, two workers, a route worker beside a
+    deliver worker, and the latency runs."""
 
     def matched(collector_count: int) -> float:
         watched = min(collector_count, dataset.WATCHED_MODELS)
@@ -310,17 +321,28 @@ async def _measure_workers(
         ctx, templates, rate, plan.latency_duration_s, plan.latency_warm_up_s
     )
     # Live events arrive a few at a time, so batches are small and one worker
-    # costs more per prediction than on the backlog above. A second run at a
-    # quarter of the rate shows the latency of a worker that is not near full.
-    quarter = rate / 2
-    _say(f"latency at {quarter:.0f} predictions/s for {plan.latency_duration_s:.0f} s")
-    latency_quarter = await measure_latency(
+    # costs more per prediction than on the backlog above. So the highest live
+    # rate it keeps up with is measured too, and the latency at half of it.
+    _say(f"live capacity: {plan.live_probes} probes of {plan.probe_duration_s:.0f} s")
+    live_capacity = await measure_live_capacity(
         ctx,
         templates,
-        quarter,
+        runs[0]["end_to_end_predictions_per_s"],
+        plan.live_probes,
+        plan.probe_duration_s,
+        plan.latency_warm_up_s,
+    )
+    half_live = live_capacity["capacity_predictions_per_s"] / 2
+    _say(
+        f"latency at {half_live:.0f} predictions/s for {plan.latency_duration_s:.0f} s"
+    )
+    latency_live = await measure_latency(
+        ctx,
+        templates,
+        half_live,
         plan.latency_duration_s,
         plan.latency_warm_up_s,
-        topic_suffix="live-quarter",
+        topic_suffix="live-half-capacity",
     )
 
     for collector_count, survival in plan.scaling:
@@ -332,7 +354,7 @@ async def _measure_workers(
             ctx, collector_count, survival, 1, matched(collector_count)
         )
         runs.append(run.as_dict())
-    return runs, latency.as_dict(), latency_quarter.as_dict()
+    return runs, latency.as_dict(), live_capacity, latency_live.as_dict()
 
 
 def _load_events(count: int) -> list[bytes]:

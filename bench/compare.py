@@ -9,6 +9,7 @@ variant, several times, so that both see the same drift, and prints every run:
 .venv/bin/python -m bench.compare --latency 11000 COLLECTORS_FETCH_MIN_BYTES=131072
 .venv/bin/python -m bench.compare --collectors 10000 --base COLLECTORS_CONSUMER=faust \
     COLLECTORS_CONSUMER=lean
+.venv/bin/python -m bench.compare --stages route COLLECTORS_STAGE_ONE=python
 ```
 
 Without `--latency`, each run is a stage-one run of one worker on a pre-filled

@@ -62,7 +62,7 @@ def table(result: dict[str, Any]) -> str:
         ),
         _line(f"(c) latency p50 at {offered}, ms", f"{latency['p50_ms']:,.1f}"),
         _line("    latency p99, ms", f"{latency['p99_ms']:,.1f}"),
-        *_quarter_load_lines(result.get("latency_quarter_load")),
+        *_other_latency_lines(result),
         _line("(d) worker peak RSS, MiB", f"{rss_mib:,.0f}"),
         _line(
             "(e) Redis commands per event (steady state)",
@@ -118,12 +118,28 @@ def _rate(run: dict[str, float] | None) -> str:
     return "not measured" if run is None else f"{run['predictions_per_s']:,.0f}"
 
 
-def _quarter_load_lines(latency: dict[str, Any] | None) -> list[str]:
-    """Format the latency run at a quarter load, which older results lack."""
+def _other_latency_lines(result: dict[str, Any]) -> list[str]:
+    """Format the live capacity and the latency at half of it, or, in older
+    results, the latency run at a quarter load."""
+    capacity = result.get("live_capacity")
+    latency = result.get("latency_half_live_capacity")
+    lines = []
+    if capacity is not None:
+        kept_up = capacity["kept_up_with"]
+        fell_behind = capacity["fell_behind_at"]
+        lines.append(
+            _line(
+                "    live capacity, 1 worker, pred/s",
+                f"{kept_up:,.0f}-{fell_behind:,.0f}",
+            )
+        )
+    else:
+        latency = result.get("latency_quarter_load")
     if latency is None:
-        return []
+        return lines
     offered = f"{latency['offered_predictions_per_s']:,.0f}/s"
     return [
+        *lines,
         _line(f"    latency p50 at {offered}, ms", f"{latency['p50_ms']:,.1f}"),
         _line("    latency p99, ms", f"{latency['p99_ms']:,.1f}"),
     ]

@@ -35,6 +35,16 @@ POLL_INTERVAL_S = 0.1
 RUN_TIMEOUT_S = 300.0
 # A measurement needs at least this many commits (one a second) in its window.
 MIN_COMMIT_SAMPLES = 3
+# A worker keeps up with a latency run's rate when the p90 latency of the inputs
+# created in the run's last TAIL_S is below KEEP_UP_TAIL_P90_MS.
+TAIL_S = 5.0
+KEEP_UP_TAIL_P90_MS = 1000.0
+# The search range of the live capacity, in multiples of the backlog rate.
+LIVE_SEARCH_LOW = 0.3
+LIVE_SEARCH_HIGH = 0.9
+# The load generator's largest record batch. aiokafka's default of 16 KiB fits
+# one event of the benchmark, so every event would cost a batch of its own.
+LOAD_BATCH_BYTES = 512 * 1024
 
 
 @dataclass
@@ -308,6 +318,9 @@ class LatencyResult:
     p90_ms: float = 0.0
     p99_ms: float = 0.0
     max_ms: float = 0.0
+    # p90 of the inputs created in the last TAIL_S of the run: it grows with the
+    # backlog when the worker falls behind.
+    tail_p90_ms: float = 0.0
     rss_peak_bytes: int = 0
     cores_used: dict[str, float] = field(default_factory=dict)
 
@@ -365,7 +378,55 @@ async def measure_latency(
         result.p90_ms = round(1000 * _nearest_rank(latencies, 0.90), 1)
         result.p99_ms = round(1000 * _nearest_rank(latencies, 0.99), 1)
         result.max_ms = round(1000 * latencies[-1], 1)
+    tail_from_s = stats["started_s"] + duration_s - TAIL_S
+    tail = sorted(
+        latency
+        for created_s, latency in stats["latencies_s"]
+        if created_s >= tail_from_s
+    )
+    if tail:
+        result.tail_p90_ms = round(1000 * _nearest_rank(tail, 0.90), 1)
     return result
+
+
+async def measure_live_capacity(
+    ctx: Context,
+    templates: list[dict[str, Any]],
+    backlog_rate: float,
+    probes: int,
+    duration_s: float,
+    warm_up_s: float,
+) -> dict[str, Any]:
+    """Bisect for the highest rate of live predictions that one worker keeps up
+    with, between LIVE_SEARCH_LOW and LIVE_SEARCH_HIGH times `backlog_rate`.
+
+    Each probe is a latency run. The worker keeps up when the p90 latency of the
+    inputs created in the probe's last TAIL_S stays under KEEP_UP_TAIL_P90_MS. A
+    worker that falls behind builds a backlog that grows for the whole probe, so
+    its last inputs wait longest. Returns the probes, the highest rate kept up
+    with, the lowest one not kept up with, and the middle of the two as the
+    capacity. A bound that no probe reached is the end of the search range.
+    """
+    low = LIVE_SEARCH_LOW * backlog_rate
+    high = LIVE_SEARCH_HIGH * backlog_rate
+    runs = []
+    for index in range(probes):
+        rate = (low + high) / 2
+        probe = await measure_latency(
+            ctx, templates, rate, duration_s, warm_up_s, topic_suffix=f"probe-{index}"
+        )
+        kept_up = 0 < probe.tail_p90_ms < KEEP_UP_TAIL_P90_MS
+        runs.append({**probe.as_dict(), "kept_up": kept_up})
+        if kept_up:
+            low = rate
+        else:
+            high = rate
+    return {
+        "probes": runs,
+        "kept_up_with": low,
+        "fell_behind_at": high,
+        "capacity_predictions_per_s": (low + high) / 2,
+    }
 
 
 async def _offer_and_drain(
@@ -383,6 +444,7 @@ async def _offer_and_drain(
             bootstrap_servers=ctx.bootstrap,
             acks="all",
             linger_ms=5,
+            max_batch_size=LOAD_BATCH_BYTES,
             max_request_size=MAX_MESSAGE_BYTES,
         )
         await producer.start()
@@ -417,19 +479,38 @@ async def _offer_load(
     result: LatencyResult,
 ) -> None:
     """Send events, each stamped with its creation time, so that the predictions
-    sent by every moment follow `rate_predictions_s`."""
+    sent by every moment follow `rate_predictions_s`.
+
+    The events due at one moment go out as one record batch to one partition,
+    and the next moment's to the next partition, as a producer with Kafka's
+    sticky partitioner sends events without a key.
+    """
+    partitions = sorted(await producer.partitions_for(topic))
     futures = []
+    turn = 0
     started = time.monotonic()
     while (elapsed_s := time.monotonic() - started) < duration_s:
+        batch = producer.create_batch()
         while result.sent_predictions < rate_predictions_s * elapsed_s:
             event = templates[result.sent_events % len(templates)]
             event_id = f"{ctx.prefix}-live-{result.sent_events}"
+            key = event_id.encode()
             value = _stamp(event, event_id, time.time())
-            futures.append(
-                await producer.send(topic, value=value, key=event_id.encode())
-            )
+            if batch.append(key=key, value=value, timestamp=None) is None:
+                partition = partitions[turn % len(partitions)]
+                futures.append(
+                    await producer.send_batch(batch, topic, partition=partition)
+                )
+                turn += 1
+                batch = producer.create_batch()
+                # aiokafka accepts one record of any size in an empty batch.
+                batch.append(key=key, value=value, timestamp=None)
             result.sent_events += 1
             result.sent_predictions += len(event["outputs"])
+        if batch.record_count():
+            partition = partitions[turn % len(partitions)]
+            futures.append(await producer.send_batch(batch, topic, partition=partition))
+            turn += 1
         await asyncio.sleep(0.002)
     for future in futures:
         await future
