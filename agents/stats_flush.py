@@ -354,12 +354,15 @@ class CounterSnapshot:
 
 EMPTY_SNAPSHOT = CounterSnapshot(Counter(), {}, Counter())
 
-# HINCRBY for each (hash key, field, count) triple of ARGV.
+# HINCRBY for each [hash key, field, count] triple of the JSON array in ARGV[1].
+# The counts are strings, which HINCRBY takes as they are: Lua would format a
+# number of 10^14 or more as "1e+14".
 ADD_COUNTS_SCRIPT = """
-for i = 1, #ARGV, 3 do
-  redis.call('HINCRBY', ARGV[i], ARGV[i + 1], ARGV[i + 2])
+local increments = cjson.decode(ARGV[1])
+for _, item in ipairs(increments) do
+  redis.call('HINCRBY', item[1], item[2], item[3])
 end
-return #ARGV / 3
+return #increments
 """
 
 
@@ -439,15 +442,22 @@ class StatsFlusher:
     async def _queue_funnel(self, pipe: Any, delta: CounterSnapshot) -> None:
         # One script call adds every changed counter, because with thousands of
         # active collectors one HINCRBY each cost the worker more CPU to send and
-        # parse than the rest of the flush.
-        increments: list[str | int] = []
+        # parse than the rest of the flush. Its argument is one JSON array:
+        # redis-py took about 30 ms to pack the separate arguments of
+        # 1,000 collectors.
+        increments: list[tuple[str, str, str]] = []
         for collector_key, steps in delta.funnel.items():
+            key = funnel_key(collector_key)
             for step, count in steps.items():
-                increments += (funnel_key(collector_key), step, count)
+                increments.append((key, step, str(count)))
         for (collector_key, node_id), count in delta.rule_drops.items():
-            increments += (funnel_key(collector_key), f"rule:{node_id}", count)
+            increments.append(
+                (funnel_key(collector_key), f"rule:{node_id}", str(count))
+            )
         if increments:
-            await self._add_counts(keys=[], args=increments, client=pipe)
+            await self._add_counts(
+                keys=[], args=[orjson.dumps(increments)], client=pipe
+            )
         collectors = delta.funnel.keys() | {key for key, _ in delta.rule_drops}
         if collectors:
             pipe.sadd(COLLECTORS_KEY, *collectors)

@@ -218,6 +218,25 @@ async def test_stats_flush_adds_every_funnel_counter(redis_url: str) -> None:
     assert funnels == expected
 
 
+async def test_stats_flush_adds_large_counts_exactly(redis_url: str) -> None:
+    # Lua formats a number of 10^14 or more in exponent notation, which HINCRBY
+    # would reject, so the script must pass the counts on as strings.
+    stats = WorkerStats()
+    stats.add_funnel("u/a/big", "matched", 10**15 + 1)
+    stats.rule_drops[("u/a/big", "node-é")] += 2**53 + 1
+    client = redis.Redis.from_url(redis_url, protocol=2, decode_responses=True)
+    flusher = StatsFlusher(client, stats, LatencyRecorder(stats), "host:1", 10.0)
+    heartbeat = {"group": "g", "partitions": {"t": [0]}, "lag": 0}
+    try:
+        assert await flusher.flush(heartbeat) is True
+        funnels = await read_funnels(client)
+    finally:
+        await client.aclose()
+
+    assert funnels["u/a/big"]["matched"] == 10**15 + 1
+    assert funnels["u/a/big"]["rule:node-é"] == 2**53 + 1
+
+
 # --- progress bar ---------------------------------------------------------------------
 
 
