@@ -38,7 +38,7 @@ MIN_COMMIT_SAMPLES = 3
 # A worker keeps up with a latency run's rate when the p90 latency of the inputs
 # created in the run's last TAIL_S is below KEEP_UP_TAIL_P90_MS.
 TAIL_S = 5.0
-KEEP_UP_TAIL_P90_MS = 1000.0
+KEEP_UP_TAIL_P90_MS = 500.0
 # The search range of the live capacity, in multiples of the backlog rate.
 LIVE_SEARCH_LOW = 0.3
 LIVE_SEARCH_HIGH = 0.9
