@@ -65,10 +65,13 @@ class LeanConsumer(aiokafka_driver.Consumer):
         benchmark, a route-only worker reading a backlog stalled this way for a
         second about every 3 s.
         """
-        # NOTE: Faust clears this set only when the consumer restarts. A partition
-        # revoked while paused, if its buffer never reports the drop, would keep
-        # an idle worker fetching every 10 ms. Not seen in the tests.
-        if not self._buffered_partitions:
+        buffered = self._buffered_partitions
+        if not buffered:
+            return FETCH_WAIT_S
+        # Faust empties the set only when the consumer restarts, so a partition
+        # revoked while paused would keep every fetch short.
+        buffered.intersection_update(self.assignment())
+        if not buffered:
             return FETCH_WAIT_S
         if not self._get_active_partitions():
             dropped = self._pressure_dropped

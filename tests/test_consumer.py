@@ -68,12 +68,15 @@ async def test_direct_hand_over_conditions() -> None:
     assert cannot_block(tp) is True
 
 
-async def test_fetch_wait_while_partitions_paused() -> None:
+async def test_fetch_wait_while_partitions_paused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     app = faust.App("lean-pause", broker="kafka://127.0.0.1:1", web_enabled=False)
     use_lean_consumer(app)
     consumer = app.consumer
     assert isinstance(consumer, LeanConsumer)
     first, second = TP("lean-pause", 0), TP("lean-pause", 1)
+    monkeypatch.setattr(consumer, "assignment", lambda: {first, second})
     consumer._set_active_tps({first, second})
     assert await consumer._fetch_wait_s() == FETCH_WAIT_S
 
@@ -94,6 +97,26 @@ async def test_fetch_wait_while_partitions_paused() -> None:
 
     consumer.on_buffer_drop(second)
     assert await consumer._fetch_wait_s() == FETCH_WAIT_S
+
+
+async def test_fetch_wait_forgets_revoked_paused_partitions(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    app = faust.App("lean-revoke", broker="kafka://127.0.0.1:1", web_enabled=False)
+    use_lean_consumer(app)
+    consumer = app.consumer
+    assert isinstance(consumer, LeanConsumer)
+    kept, revoked = TP("lean-revoke", 0), TP("lean-revoke", 1)
+    assignment = {kept, revoked}
+    monkeypatch.setattr(consumer, "assignment", lambda: set(assignment))
+    consumer._set_active_tps({kept, revoked})
+    consumer.on_buffer_full(revoked)
+    assert await consumer._fetch_wait_s() == PAUSED_FETCH_WAIT_S
+
+    # A rebalance takes the paused partition away before its buffer drains.
+    assignment.discard(revoked)
+    assert await consumer._fetch_wait_s() == FETCH_WAIT_S
+    assert consumer._buffered_partitions == set()
 
 
 @pytest.mark.slow
