@@ -35,8 +35,8 @@ logger = logging.getLogger(__name__)
 
 # Messages handed over between two yields to the event loop, as in Faust.
 YIELD_EVERY = 100
-# The longest a fetch waits for new records, when no stream buffer has paused a
-# partition and when one has (see `LeanConsumer._fetch_wait_s`).
+# The maximum wait of a fetch for new records, when no stream buffer has paused
+# a partition and when one has (see `LeanConsumer._fetch_wait_s`).
 FETCH_WAIT_S = 1.0
 PAUSED_FETCH_WAIT_S = 0.01
 
