@@ -68,16 +68,25 @@ async def test_direct_hand_over_conditions() -> None:
     assert cannot_block(tp) is True
 
 
-async def test_fetch_wait_while_partitions_paused(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    app = faust.App("lean-pause", broker="kafka://127.0.0.1:1", web_enabled=False)
+def assigned_consumer(
+    monkeypatch: pytest.MonkeyPatch, name: str, assignment: set[TP]
+) -> LeanConsumer:
+    """Return the lean consumer of a new app that is never started, with
+    `assignment` (read at each call) as its assigned and active partitions."""
+    app = faust.App(name, broker="kafka://127.0.0.1:1", web_enabled=False)
     use_lean_consumer(app)
     consumer = app.consumer
     assert isinstance(consumer, LeanConsumer)
+    monkeypatch.setattr(consumer, "assignment", lambda: set(assignment))
+    consumer._set_active_tps(assignment)
+    return consumer
+
+
+async def test_fetch_wait_while_partitions_paused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     first, second = TP("lean-pause", 0), TP("lean-pause", 1)
-    monkeypatch.setattr(consumer, "assignment", lambda: {first, second})
-    consumer._set_active_tps({first, second})
+    consumer = assigned_consumer(monkeypatch, "lean-pause", {first, second})
     assert await consumer._fetch_wait_s() == FETCH_WAIT_S
 
     # A full buffer pauses one partition. Fetches go on for the other, with a
@@ -102,14 +111,9 @@ async def test_fetch_wait_while_partitions_paused(
 async def test_fetch_wait_forgets_revoked_paused_partitions(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    app = faust.App("lean-revoke", broker="kafka://127.0.0.1:1", web_enabled=False)
-    use_lean_consumer(app)
-    consumer = app.consumer
-    assert isinstance(consumer, LeanConsumer)
-    kept, revoked = TP("lean-revoke", 0), TP("lean-revoke", 1)
-    assignment = {kept, revoked}
-    monkeypatch.setattr(consumer, "assignment", lambda: set(assignment))
-    consumer._set_active_tps({kept, revoked})
+    still_assigned, revoked = TP("lean-revoke", 0), TP("lean-revoke", 1)
+    assignment = {still_assigned, revoked}
+    consumer = assigned_consumer(monkeypatch, "lean-revoke", assignment)
     consumer.on_buffer_full(revoked)
     assert await consumer._fetch_wait_s() == PAUSED_FETCH_WAIT_S
 
