@@ -52,18 +52,16 @@ class LeanConsumer(aiokafka_driver.Consumer):
             self._pressure_dropped.set()
 
     async def _fetch_wait_s(self) -> float:
-        """Return how long the next fetch may wait for records, after waiting for a
-        stream buffer's pressure to drop when it has paused every partition.
+        """Return how long the next fetch may wait for records. When a full stream
+        buffer has paused every partition, wait first for its pressure to drop.
 
-        When a stream's buffer reaches its high-pressure mark, Faust pauses the
-        partition of the message it just received. Fetches return no records for a
-        paused partition, and the partition resumes once the buffer has drained to
-        its low mark. aiokafka fetches no more records for a partition while it
-        still buffers some, so a fetch that starts while the partition is paused
-        waits its whole timeout, also after the partition has resumed. With every
-        partition paused, Faust sleeps a second instead of fetching. In the
-        benchmark, a route-only worker reading a backlog stalled this way for a
-        second about every 3 s.
+        Faust pauses a partition when a stream's buffer reaches its high-pressure
+        mark, and resumes it once the buffer has drained to its low mark. aiokafka
+        fetches no more records of a partition while it still buffers some, so a
+        fetch that starts while the partition is paused waits its whole timeout,
+        even after the partition resumes. With every partition paused, Faust
+        sleeps a second instead of fetching. In the benchmark, a route-only worker
+        reading a backlog stalled this way for a second about every 3 s.
         """
         buffered = self._buffered_partitions
         if not buffered:

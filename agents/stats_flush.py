@@ -458,7 +458,9 @@ class StatsFlusher:
             await self._add_counts(
                 keys=[], args=[orjson.dumps(increments)], client=pipe
             )
-        collectors = delta.funnel.keys() | {key for key, _ in delta.rule_drops}
+        collectors = delta.funnel.keys() | {
+            collector_key for collector_key, _ in delta.rule_drops
+        }
         if collectors:
             pipe.sadd(COLLECTORS_KEY, *collectors)
 

@@ -122,24 +122,21 @@ def _other_latency_lines(result: dict[str, Any]) -> list[str]:
     """Format the live capacity and the latency at half of it, or, in older
     results, the latency run at a quarter load."""
     capacity = result.get("live_capacity")
-    latency = result.get("latency_half_live_capacity")
-    lines = []
-    if capacity is not None:
-        kept_up = capacity["kept_up_with"]
-        fell_behind = capacity["fell_behind_at"]
-        lines.append(
-            _line(
-                "    live capacity, 1 worker, pred/s",
-                f"{kept_up:,.0f}-{fell_behind:,.0f}",
-            )
-        )
-    else:
-        latency = result.get("latency_quarter_load")
+    if capacity is None:
+        return _latency_lines(result.get("latency_quarter_load"))
+    bounds = f"{capacity['kept_up_with']:,.0f}-{capacity['fell_behind_at']:,.0f}"
+    return [
+        _line("    live capacity, 1 worker, pred/s", bounds),
+        *_latency_lines(result.get("latency_half_live_capacity")),
+    ]
+
+
+def _latency_lines(latency: dict[str, Any] | None) -> list[str]:
+    """Format a latency run's p50 and p99, or nothing for a missing run."""
     if latency is None:
-        return lines
+        return []
     offered = f"{latency['offered_predictions_per_s']:,.0f}/s"
     return [
-        *lines,
         _line(f"    latency p50 at {offered}, ms", f"{latency['p50_ms']:,.1f}"),
         _line("    latency p99, ms", f"{latency['p99_ms']:,.1f}"),
     ]

@@ -482,12 +482,17 @@ async def _offer_load(
     sent by every moment follow `rate_predictions_s`.
 
     The events due at one moment go out as one record batch to one partition,
-    and the next moment's to the next partition, as a producer with Kafka's
-    sticky partitioner sends events without a key.
+    and the next moment's to the next partition, the way Kafka's sticky
+    partitioner spreads events without a key. Here the event's key does not pick
+    its partition.
     """
     partitions = sorted(await producer.partitions_for(topic))
     futures = []
-    turn = 0
+
+    async def send(batch: Any) -> None:
+        partition = partitions[len(futures) % len(partitions)]
+        futures.append(await producer.send_batch(batch, topic, partition=partition))
+
     started = time.monotonic()
     while (elapsed_s := time.monotonic() - started) < duration_s:
         batch = producer.create_batch()
@@ -497,20 +502,14 @@ async def _offer_load(
             key = event_id.encode()
             value = _stamp(event, event_id, time.time())
             if batch.append(key=key, value=value, timestamp=None) is None:
-                partition = partitions[turn % len(partitions)]
-                futures.append(
-                    await producer.send_batch(batch, topic, partition=partition)
-                )
-                turn += 1
+                await send(batch)
                 batch = producer.create_batch()
                 # aiokafka accepts one record of any size in an empty batch.
                 batch.append(key=key, value=value, timestamp=None)
             result.sent_events += 1
             result.sent_predictions += len(event["outputs"])
         if batch.record_count():
-            partition = partitions[turn % len(partitions)]
-            futures.append(await producer.send_batch(batch, topic, partition=partition))
-            turn += 1
+            await send(batch)
         await asyncio.sleep(0.002)
     for future in futures:
         await future
