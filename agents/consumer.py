@@ -90,6 +90,14 @@ class LeanConsumer(aiokafka_driver.Consumer):
         conductor = cast(Any, app.topics)
         flow_control = app.flow_control
         producer_buffer = app.producer.buffer
+        max_buffered = producer_buffer.max_messages
+        # ProducerBuffer.size reads a setting on every call. Without a producer
+        # thread, it is the length of the pending queue.
+        producer_buffered: Callable[[], int] = (
+            (lambda: producer_buffer.size)
+            if app.conf.producer_threaded
+            else producer_buffer.pending.qsize
+        )
         callback_lock = conductor._tp_to_callback_lock
         channels_of = conductor._tp_index.get
         flow_suspended = self.suspend_flow.is_set
@@ -99,7 +107,7 @@ class LeanConsumer(aiokafka_driver.Consumer):
                 return False
             if callback_lock.locked():
                 return False
-            if producer_buffer.size > producer_buffer.max_messages:
+            if producer_buffered() > max_buffered:
                 return False
             return not any(channel.queue.full() for channel in channels_of(tp, ()))
 
