@@ -10,13 +10,12 @@ does not hold up the other collectors. The retry agent posts them again after an
 exponential, jittered delay until COLLECTORS_DESTINATION_GIVE_UP_S has passed
 since the first failure, then dead-letters them with COLLECTOR_POST_INPUT_FAILED.
 
-Acknowledgement. Faust acks every event of a `take_events` batch when the batch's
-loop body ends, also when it ends with an exception or a cancellation, and a
-worker then commits those offsets. To commit only what was processed, each agent
-takes one extra reference on every message of a batch and releases it with
-`stream.ack` only after the batch's outcome is durable (queued and acknowledged by
-Kafka, posted, or dead-lettered). A batch that is interrupted keeps its references,
-so its offsets are never committed and the events are read again after a restart.
+Acknowledgement. The agents take their batches with `take_batches`
+(agents/lean_streams.py), which acks a batch's events only when the loop body ends
+normally, and a worker commits only acked offsets. The body ends normally only once
+the batch's outcome is durable (queued and acknowledged by Kafka, posted, or
+dead-lettered). A batch that is interrupted stays unacked, so its offsets are never
+committed and the events are read again after a restart.
 """
 
 from __future__ import annotations
@@ -39,6 +38,7 @@ from agents.consumer import use_lean_consumer
 from agents.dead_letters import DeadLetterWriter
 from agents.delivery import Deliverer, FailedDelivery
 from agents.errors import INFRASTRUCTURE_ERRORS
+from agents.lean_streams import RawSchema, take_batches
 from agents.queue_messages import QueuePacker, unpack_queue_message
 from agents.routing import Router, RouteResult
 from agents.stats import WorkerStats
@@ -112,20 +112,17 @@ def create_app(
         use_lean_consumer(app)
     predictions = app.topic(
         settings.input_topic,
-        key_serializer="raw",
-        value_serializer="raw",
+        schema=RawSchema(),
         partitions=settings.input_partitions,
     )
     queue = app.topic(
         settings.queue_topic,
-        key_serializer="raw",
-        value_serializer="raw",
+        schema=RawSchema(),
         partitions=settings.internal_partitions,
     )
     retry = app.topic(
         settings.retry_topic,
-        key_serializer="raw",
-        value_serializer="raw",
+        schema=RawSchema(),
         partitions=settings.internal_partitions,
     )
     dlq = app.topic(settings.dlq_topic, key_serializer="raw", value_serializer="raw")
@@ -134,10 +131,10 @@ def create_app(
 
     async def route(stream: StreamT[bytes]) -> None:
         await cache.wait_ready()
-        async for events in stream.take_events(
-            settings.route_batch_max, within=settings.batch_within_s
+        async for events in take_batches(
+            stream, settings.route_batch_max, settings.batch_within_s
         ):
-            await _process_batch(stream, events, _route_batch, dead_letters)
+            await _run_until_durable(events, _route_batch, dead_letters)
 
     async def _route_batch(events: Sequence[EventT]) -> None:
         snapshot = cache.snapshot
@@ -167,10 +164,10 @@ def create_app(
 
     async def deliver(stream: StreamT[bytes]) -> None:
         await cache.wait_ready()
-        async for events in stream.take_events(
-            settings.deliver_batch_max, within=settings.batch_within_s
+        async for events in take_batches(
+            stream, settings.deliver_batch_max, settings.batch_within_s
         ):
-            await _process_batch(stream, events, _deliver_batch, dead_letters)
+            await _run_until_durable(events, _deliver_batch, dead_letters)
 
     async def _deliver_batch(events: Sequence[EventT]) -> None:
         batches: defaultdict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -236,8 +233,8 @@ def create_app(
 
     async def retry_deliveries(stream: StreamT[bytes]) -> None:
         await cache.wait_ready()
-        async for events in stream.take_events(50, within=settings.batch_within_s):
-            await _process_batch(stream, events, _retry_batch, dead_letters)
+        async for events in take_batches(stream, 50, settings.batch_within_s):
+            await _run_until_durable(events, _retry_batch, dead_letters)
 
     async def _retry_batch(events: Sequence[EventT]) -> None:
         documents = []
@@ -329,31 +326,18 @@ def create_app(
 ATTEMPTS_BEFORE_ISOLATING = 3
 
 
-async def _process_batch(
-    stream: StreamT[bytes],
-    events: Sequence[EventT],
-    process: Callable[[Sequence[EventT]], Awaitable[None]],
-    dead_letters: DeadLetterWriter,
-) -> None:
-    """Run `process` on the batch until its outcome is durable, then release the
-    batch's messages so that their offsets can be committed.
-
-    When another error keeps happening (a bug, or an event that breaks the code),
-    each event of the batch runs alone. An event that still fails is dead-lettered
-    with PROCESSING_FAILED, so one poison event stops nothing.
-    """
-    for event in events:
-        event.message.incref()
-    await _run_until_durable(events, process, dead_letters)
-    for event in events:
-        await stream.ack(event)
-
-
 async def _run_until_durable(
     events: Sequence[EventT],
     process: Callable[[Sequence[EventT]], Awaitable[None]],
     dead_letters: DeadLetterWriter,
 ) -> None:
+    """Run `process` on the batch until its outcome is durable. Only then does the
+    agent's loop body end, so that `take_batches` acks the batch's events.
+
+    When another error keeps happening (a bug, or an event that breaks the code),
+    each event of the batch runs alone. An event that still fails is dead-lettered
+    with PROCESSING_FAILED, so one poison event stops nothing.
+    """
     attempt = 0
     while True:
         attempt += 1
