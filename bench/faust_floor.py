@@ -1,8 +1,9 @@
-"""The Faust floor: a take_events agent that only decodes each event with orjson.
+"""The Faust floor: an agent that only decodes each event with orjson.
 
 Run as `python -m bench.faust_floor worker` with BENCH_TOPIC, BENCH_GROUP,
 BENCH_EVENTS and BENCH_DATA_DIR set, and BENCH_CONSUMER set to "lean" for the
-worker's consumer (agents/consumer.py) or "faust" for faust-streaming's own. It
+worker's consumer and batches (agents/consumer.py, agents/lean_streams.py) or
+"faust" for faust-streaming's consumer and `take_events`. It
 reads the topic with the consumer settings of the worker (agents/app.py) and prints
 one line `RESULT events=<n> predictions=<n> seconds=<s>` for the events after its
 first batch, once it has seen BENCH_EVENTS events. It measures how much of the gap
@@ -20,6 +21,7 @@ import faust
 import orjson
 
 from agents.consumer import use_lean_consumer
+from agents.lean_streams import RawSchema, take_batches
 from app.settings import Settings
 from bench.kafka_io import worker_fetch_bytes
 
@@ -36,11 +38,14 @@ app = faust.App(
     web_enabled=False,
     datadir=os.environ["BENCH_DATA_DIR"],
 )
-if os.environ.get("BENCH_CONSUMER", "lean") == "lean":
+lean = os.environ.get("BENCH_CONSUMER", "lean") == "lean"
+if lean:
     use_lean_consumer(app)
-topic = app.topic(
-    os.environ["BENCH_TOPIC"], key_serializer="raw", value_serializer="raw"
-)
+    topic = app.topic(os.environ["BENCH_TOPIC"], schema=RawSchema())
+else:
+    topic = app.topic(
+        os.environ["BENCH_TOPIC"], key_serializer="raw", value_serializer="raw"
+    )
 expected_events = int(os.environ["BENCH_EVENTS"])
 # Counts after the first batch, whose end starts the clock.
 seen = {"events": 0, "predictions": 0, "first_batch": 0}
@@ -49,9 +54,14 @@ started: list[float] = []
 
 @app.agent(topic, concurrency=1)
 async def decode(stream: Any) -> None:
-    async for events in stream.take_events(
-        settings.route_batch_max, within=settings.batch_within_s
-    ):
+    batches = (
+        take_batches(stream, settings.route_batch_max, settings.batch_within_s)
+        if lean
+        else stream.take_events(
+            settings.route_batch_max, within=settings.batch_within_s
+        )
+    )
+    async for events in batches:
         predictions = sum(
             len(orjson.loads(event.message.value)["outputs"]) for event in events
         )
