@@ -115,3 +115,5 @@ async def take_batches(
             if event.ack():
                 message = event.message
                 on_message_out(message.tp, message.offset, message)
+        # Releases the batch's messages while the next batch is awaited.
+        del received, events, event, message
