@@ -101,9 +101,17 @@ class Settings(BaseSettings):
         "c", validation_alias="COLLECTORS_STAGE_ONE"
     )
     worker_web_port: int = Field(6066, validation_alias="COLLECTORS_WORKER_WEB_PORT")
-    route_batch_max: int = Field(500, validation_alias="COLLECTORS_ROUTE_BATCH_MAX")
-    deliver_batch_max: int = Field(200, validation_alias="COLLECTORS_DELIVER_BATCH_MAX")
-    batch_within_s: float = Field(0.02, validation_alias="COLLECTORS_BATCH_WITHIN_S")
+    route_batch_max: int = Field(
+        500, validation_alias="COLLECTORS_ROUTE_BATCH_MAX", ge=1
+    )
+    deliver_batch_max: int = Field(
+        200, validation_alias="COLLECTORS_DELIVER_BATCH_MAX", ge=1
+    )
+    # The longest an agent waits for a batch to fill. It must be above 0, because
+    # the windows of take_batches (agents/lean_streams.py) follow each other.
+    batch_within_s: float = Field(
+        0.02, validation_alias="COLLECTORS_BATCH_WITHIN_S", gt=0
+    )
     # The worker's event loop: "uvloop" (when installed) or "asyncio". The
     # benchmark measured no difference between them beyond its noise.
     event_loop: str = Field("uvloop", validation_alias="COLLECTORS_EVENT_LOOP")

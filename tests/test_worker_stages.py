@@ -81,6 +81,20 @@ def test_fetch_min_bytes_must_be_positive() -> None:
         Settings(COLLECTORS_FETCH_MIN_BYTES="0")
 
 
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("COLLECTORS_BATCH_WITHIN_S", "0"),
+        ("COLLECTORS_BATCH_WITHIN_S", "-0.5"),
+        ("COLLECTORS_ROUTE_BATCH_MAX", "0"),
+        ("COLLECTORS_DELIVER_BATCH_MAX", "0"),
+    ],
+)
+def test_batch_settings_must_be_positive(name: str, value: str) -> None:
+    with pytest.raises(ValidationError, match=name):
+        Settings(**{name: value})
+
+
 async def busy_loop_lets_other_task_run(slice_s: float) -> tuple[bool, int]:
     """Run 20 steps of 2 ms of CPU each with a TimeSlice, and return whether a
     task created before the loop ran before it ended, and how many pauses
