@@ -91,7 +91,8 @@ async def take_batches(
                     break
         except StopAsyncIteration:
             # Faust throws this into the channel's queue when the app stops. The
-            # events received so far stay unacked, and are read again.
+            # events received so far stay unacked, so they are read again after
+            # a restart.
             return
 
         generation = app.consumer_generation_id

@@ -107,8 +107,8 @@ class Settings(BaseSettings):
     deliver_batch_max: int = Field(
         200, validation_alias="COLLECTORS_DELIVER_BATCH_MAX", ge=1
     )
-    # The longest an agent waits for a batch to fill. It must be above 0, because
-    # the windows of take_batches (agents/lean_streams.py) follow each other.
+    # The maximum time an agent waits for a batch to fill. It must be above 0,
+    # because take_batches (agents/lean_streams.py) divides by it.
     batch_within_s: float = Field(
         0.02, validation_alias="COLLECTORS_BATCH_WITHIN_S", gt=0
     )
