@@ -1,6 +1,6 @@
 """The agents' batches from `take_batches` under faults that land while a batch is
-in flight: repeated rebalances, SIGTERM and SIGKILL under load, and malformed
-messages on every topic the agents read.
+in flight: repeated rebalances, SIGTERM and SIGKILL under load, the retry topic
+during a rebalance, and malformed messages on every topic the agents read.
 
 Each test checks the destination as the other fault tests do: every expected
 input present, none held twice under different ids, every offset committed.
@@ -14,7 +14,15 @@ import random
 import pytest
 
 from tests.fault_fixtures import Scenario, assert_alive, publish_events
-from tests.harness import WorkerProcess, read_topic
+from tests.harness import WorkerProcess, end_offsets, read_topic, wait_for
+
+# Short retry timings, so that a failing destination moves inputs through the
+# retry topic within seconds, and never reaches the give-up time.
+RETRY_TIMINGS = {
+    "COLLECTORS_DESTINATION_INLINE_RETRY_S": "1",
+    "COLLECTORS_RETRY_BACKOFF_MAX_S": "3",
+    "COLLECTORS_DESTINATION_GIVE_UP_S": "120",
+}
 
 
 def assert_clean_exit(worker: WorkerProcess) -> None:
@@ -69,6 +77,43 @@ async def test_sigterm_and_sigkill_under_heavy_load(scenario: Scenario) -> None:
         worker.start()
 
     await scenario.finish("signals under load", publisher, [worker], deadline_s=240.0)
+
+
+@pytest.mark.slow
+async def test_retry_topic_through_rebalances(scenario: Scenario) -> None:
+    scenario.extra_environment.update(RETRY_TIMINGS)
+    await scenario.create_topics()
+    await scenario.add_collectors()
+    first = scenario.worker("first").start()
+    second = scenario.worker("second").start()
+    await scenario.wait_for_members(2, [first, second])
+    # 50 s of events: the two rebalances below take up to about 30 s on a loaded
+    # machine, and must land while events still arrive.
+    publisher = scenario.publisher(count=5000, rate=100).start()
+    await scenario.wait_for_progress(100, [first, second], "inputs before the outage")
+
+    # Only the sampled collector's app fails, so its inputs cycle through the retry
+    # topic while the group rebalances twice, when a member is killed and when it
+    # starts again.
+    scenario.destination.failing_apps = {"owner/sampled"}
+    scenario.destination.fail_with = 503
+
+    async def retries_published() -> bool:
+        assert_alive(first, second)
+        retried = await end_offsets(scenario.bootstrap, f"{scenario.name}-retry")
+        return sum(retried.values()) >= 5
+
+    await wait_for(retries_published, "failed deliveries in the retry topic")
+    second.kill()
+    await scenario.wait_for_members(1, [first])
+    second.start()
+    await scenario.wait_for_members(2, [first, second])
+    assert not publisher.done, "the stream ended during the outage"
+
+    scenario.destination.fail_with = None
+    await scenario.finish("retry topic, rebalances", publisher, [first, second])
+    dead = await end_offsets(scenario.bootstrap, f"{scenario.name}-predictions.dlq")
+    assert sum(dead.values()) == 0
 
 
 @pytest.mark.slow
