@@ -20,7 +20,7 @@ from agents.errors import INFRASTRUCTURE_ERRORS
 from agents.stateful import StatefulGate
 from agents.stats import WorkerStats
 from app.config_cache import CollectorView, ConfigSnapshot
-from app.destination import DeliveryError, Destination
+from app.destination import MAX_INPUTS_PER_REQUEST, DeliveryError, Destination
 from app.remote_models import RemoteModelError
 from rules.context import Data, EvalContext
 from rules.workflow import CompiledWorkflow, remote_nodes
@@ -52,6 +52,12 @@ class FailedDelivery:
     payload_kind: str = "inputs"
 
 
+# One collector's destination inputs (None when none are left) and its failures.
+_Prepared = tuple[
+    tuple[CollectorView, list[dict[str, Any]]] | None, list[FailedDelivery]
+]
+
+
 class Deliverer:
     def __init__(
         self,
@@ -60,8 +66,12 @@ class Deliverer:
         call_remote_model: RemoteModelCall | None = None,
         inline_give_up_s: float = 5.0,
         gate: StatefulGate | None = None,
+        merge_posts: bool = True,
     ) -> None:
         self.gate = gate
+        # Whether collectors that post to the same app with the same key share
+        # requests (see `deliver`).
+        self.merge_posts = merge_posts
         # How long the deliver agent retries a failing POST before it moves the
         # inputs to the retry topic: the bound on how long one failing destination
         # holds up the other collectors of a batch (plus one request timeout).
@@ -74,45 +84,131 @@ class Deliverer:
         self, batches: Mapping[str, Sequence[dict[str, Any]]], snapshot: ConfigSnapshot
     ) -> list[FailedDelivery]:
         """Deliver every collector's items; return the deliveries that failed for
-        good, for the dead-letter topic."""
-        tasks = [
-            self._deliver_contained(key, items, snapshot.by_key.get(key))
-            for key, items in batches.items()
-        ]
-        results = await asyncio.gather(*tasks)
-        return [failure for failures in results for failure in failures]
+        good, for the dead-letter topic.
 
-    async def _deliver_contained(
-        self, key: str, items: Sequence[dict[str, Any]], view: CollectorView | None
+        Each collector's items first pass its checks and workflows. The survivors of
+        collectors that post to the same app with the same key then go out together,
+        in requests of at most 128 inputs, when `merge_posts` is set: the funnel and
+        the failures stay per collector.
+        """
+        failures: list[FailedDelivery] = []
+        ready: list[tuple[CollectorView, list[dict[str, Any]]]] = []
+        waiting = []
+        for key, items in batches.items():
+            view = snapshot.by_key.get(key)
+            if self._may_wait(view, items):
+                waiting.append(self._prepare_contained(key, items, view))
+                continue
+            # Nothing in this preparation awaits I/O, so running it here costs no
+            # task and delays no other collector.
+            prepared, prepare_failures = await self._prepare_contained(key, items, view)
+            if prepared:
+                ready.append(prepared)
+            failures.extend(prepare_failures)
+        # The collectors that wait on Redis or remote models are posted when they
+        # are ready, in requests of their own, so that they hold up no other post.
+        outcomes = await asyncio.gather(
+            self._post_all(ready), self._prepare_and_post(waiting)
+        )
+        for outcome in outcomes:
+            failures.extend(outcome)
+        return failures
+
+    async def _prepare_and_post(
+        self, preparations: Sequence[Awaitable[_Prepared]]
     ) -> list[FailedDelivery]:
-        """Deliver one collector's items. An error that is not the infrastructure's
+        failures: list[FailedDelivery] = []
+        ready = []
+        for prepared, prepare_failures in await asyncio.gather(*preparations):
+            if prepared:
+                ready.append(prepared)
+            failures.extend(prepare_failures)
+        failures.extend(await self._post_all(ready))
+        return failures
+
+    async def _post_all(
+        self, ready: Sequence[tuple[CollectorView, list[dict[str, Any]]]]
+    ) -> list[FailedDelivery]:
+        posts = [
+            self._post_entries(chunk, self.inline_give_up_s)
+            for chunk in self._requests(ready)
+        ]
+        return [
+            failure
+            for post_failures in await asyncio.gather(*posts)
+            for failure in post_failures
+        ]
+
+    def _may_wait(
+        self, view: CollectorView | None, items: Sequence[dict[str, Any]]
+    ) -> bool:
+        """Whether preparing the collector's items may wait on I/O: a quota or dedupe
+        rule (Redis) or a workflow with remote models."""
+        if view is None or not view.record.active:
+            return False
+        if view.stateful_rules and self.gate is not None:
+            return True
+        if view.post_queue is not None and view.post_queue.remote_node_ids:
+            return True
+        return (
+            view.pre_queue is not None
+            and bool(view.pre_queue.remote_node_ids)
+            and any(item.get("pre_queue_pending") for item in items)
+        )
+
+    def _requests(
+        self, ready: Sequence[tuple[CollectorView, list[dict[str, Any]]]]
+    ) -> list[list[tuple[CollectorView, dict[str, Any]]]]:
+        """Split the collectors' inputs into requests: one group per destination app
+        and key (per collector when posts are not merged), at most 128 inputs each."""
+        groups: dict[tuple[str, ...], list[tuple[CollectorView, dict[str, Any]]]] = {}
+        for view, inputs in ready:
+            record = view.record
+            group_key = (
+                (record.user_id, record.app_id, view.post_inputs_key)
+                if self.merge_posts
+                else (view.key,)
+            )
+            entries = groups.setdefault(group_key, [])
+            entries.extend((view, input_) for input_ in inputs)
+        return [
+            entries[start : start + MAX_INPUTS_PER_REQUEST]
+            for entries in groups.values()
+            for start in range(0, len(entries), MAX_INPUTS_PER_REQUEST)
+        ]
+
+    async def _prepare_contained(
+        self, key: str, items: Sequence[dict[str, Any]], view: CollectorView | None
+    ) -> tuple[tuple[CollectorView, list[dict[str, Any]]] | None, list[FailedDelivery]]:
+        """Prepare one collector's items. An error that is not the infrastructure's
         fails only this collector's items (dead-lettered as PROCESSING_FAILED), not
         the other collectors that share the queue message."""
         try:
-            return await self._deliver_collector(key, items, view)
+            return await self._prepare_collector(key, items, view)
         except INFRASTRUCTURE_ERRORS:
             raise
         except Exception as error:
             logger.exception("delivering the items of collector %s failed", key)
             self.stats.funnel[key]["failed"] += len(items)
-            return [
-                FailedDelivery(
-                    key,
-                    list(items),
-                    f"processing failed: {error!r}",
-                    1,
-                    "PROCESSING_FAILED",
-                    payload_kind="items",
-                )
-            ]
+            failure = FailedDelivery(
+                key,
+                list(items),
+                f"processing failed: {error!r}",
+                1,
+                "PROCESSING_FAILED",
+                payload_kind="items",
+            )
+            return None, [failure]
 
-    async def _deliver_collector(
+    async def _prepare_collector(
         self, key: str, items: Sequence[dict[str, Any]], view: CollectorView | None
-    ) -> list[FailedDelivery]:
+    ) -> tuple[tuple[CollectorView, list[dict[str, Any]]] | None, list[FailedDelivery]]:
+        """Return the collector's destination inputs that passed its workflows and
+        rules, and the items whose remote models failed."""
         funnel = self.stats.funnel[key]
         if view is None or not view.record.active:
             funnel["dropped_inactive"] += len(items)
-            return []
+            return None, []
 
         survivors = []
         model_failures: list[dict[str, Any]] = []
@@ -144,23 +240,29 @@ class Deliverer:
         if self.gate is not None:
             survivors = await self.gate.admit(view, survivors)
         if not survivors:
-            return failures
-
-        inputs = [
-            destination_input(item, view.record.collect_outputs) for item in survivors
-        ]
-        failure = await self.post(view, inputs, self.inline_give_up_s)
-        if failure is not None:
-            failures.append(failure)
-        return failures
+            return None, failures
+        collect_outputs = view.record.collect_outputs
+        inputs = [destination_input(item, collect_outputs) for item in survivors]
+        return (view, inputs), failures
 
     async def post(
         self, view: CollectorView, inputs: list[dict[str, Any]], give_up_s: float
     ) -> FailedDelivery | None:
         """POST inputs for a collector, retrying for up to `give_up_s`; return the
         failure, or None when every input was delivered."""
+        failures = await self._post_entries(
+            [(view, input_) for input_ in inputs], give_up_s
+        )
+        return failures[0] if failures else None
+
+    async def _post_entries(
+        self, entries: list[tuple[CollectorView, dict[str, Any]]], give_up_s: float
+    ) -> list[FailedDelivery]:
+        """POST the inputs of collectors that share a destination app and key,
+        retrying for up to `give_up_s`; return at most one failure per collector."""
+        view = entries[0][0]
         record = view.record
-        funnel = self.stats.funnel[view.key]
+        inputs = [input_ for _, input_ in entries]
         try:
             result = await self.destination.post_inputs(
                 record.user_id,
@@ -173,37 +275,69 @@ class Deliverer:
             if error.http_status == 400 and len(inputs) > 1:
                 # One invalid input (bad base64, say) makes the destination reject
                 # the whole request; post one by one so that only it fails.
-                return await self._post_one_by_one(view, inputs, give_up_s)
-            logger.warning("delivery for collector %s failed: %s", view.key, error)
-            funnel["failed"] += len(inputs)
-            return FailedDelivery(
-                view.key, inputs, str(error), error.attempts, retriable=error.retriable
+                return await self._post_one_by_one(entries, give_up_s)
+            by_collector = _by_collector(entries)
+            logger.warning(
+                "delivery of %d inputs of %d collectors to %s/%s failed: %s",
+                len(inputs),
+                len(by_collector),
+                record.user_id,
+                record.app_id,
+                error,
             )
-        funnel["posted"] += result.posted
-        funnel["already_present"] += result.already_present
+            failures = []
+            for collector_view, collector_inputs in by_collector.values():
+                self.stats.funnel[collector_view.key]["failed"] += len(collector_inputs)
+                failures.append(
+                    FailedDelivery(
+                        collector_view.key,
+                        collector_inputs,
+                        str(error),
+                        error.attempts,
+                        retriable=error.retriable,
+                    )
+                )
+            return failures
         self.stats.destination_latency_s.append(result.latency_s)
-        return None
+        if all(other is view for other, _ in entries):
+            funnel = self.stats.funnel[view.key]
+            funnel["posted"] += result.posted
+            funnel["already_present"] += result.already_present
+            return []
+        present_ids = result.present_ids
+        for collector_view, input_ in entries:
+            funnel = self.stats.funnel[collector_view.key]
+            if input_["id"] in present_ids:
+                funnel["already_present"] += 1
+            else:
+                funnel["posted"] += 1
+        return []
 
     async def _post_one_by_one(
-        self, view: CollectorView, inputs: list[dict[str, Any]], give_up_s: float
-    ) -> FailedDelivery | None:
-        """Post inputs singly; return one failure holding every input that failed
-        (retriable only when all of its inputs failed in a way that may pass)."""
-        failed: list[dict[str, Any]] = []
-        reasons: list[str] = []
-        retriable = True
-        attempts = 0
-        for single in inputs:
-            failure = await self.post(view, [single], give_up_s)
-            if failure is not None:
-                failed.extend(failure.items)
-                reasons.append(failure.reason)
-                retriable = retriable and failure.retriable
-                attempts = max(attempts, failure.attempts)
-        if not failed:
-            return None
-        reason = f"{len(failed)} of {len(inputs)} inputs failed; first: {reasons[0]}"
-        return FailedDelivery(view.key, failed, reason, attempts, retriable=retriable)
+        self, entries: list[tuple[CollectorView, dict[str, Any]]], give_up_s: float
+    ) -> list[FailedDelivery]:
+        """Post inputs singly; return per collector one failure holding every input
+        of it that failed (retriable only when all of them failed in a way that may
+        pass)."""
+        failed: dict[str, list[FailedDelivery]] = {}
+        for entry in entries:
+            for failure in await self._post_entries([entry], give_up_s):
+                failed.setdefault(failure.collector_key, []).append(failure)
+        counts = {key: 0 for key in failed}
+        for view, _ in entries:
+            if view.key in counts:
+                counts[view.key] += 1
+        return [
+            FailedDelivery(
+                key,
+                [item for failure in failures for item in failure.items],
+                f"{len(failures)} of {counts[key]} inputs failed; "
+                f"first: {failures[0].reason}",
+                max(failure.attempts for failure in failures),
+                retriable=all(failure.retriable for failure in failures),
+            )
+            for key, failures in failed.items()
+        ]
 
     async def passes_workflows(self, view: CollectorView, item: dict[str, Any]) -> bool:
         input_document = item["input"]
@@ -261,6 +395,16 @@ class Deliverer:
             collector_key=view.key,
         )
         return workflow.run(data, context).passed
+
+
+def _by_collector(
+    entries: Sequence[tuple[CollectorView, dict[str, Any]]],
+) -> dict[str, tuple[CollectorView, list[dict[str, Any]]]]:
+    """Group a request's inputs by collector, in the order of the request."""
+    grouped: dict[str, tuple[CollectorView, list[dict[str, Any]]]] = {}
+    for view, input_ in entries:
+        grouped.setdefault(view.key, (view, []))[1].append(input_)
+    return grouped
 
 
 def destination_input(item: Mapping[str, Any], collect_outputs: bool) -> dict[str, Any]:

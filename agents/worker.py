@@ -52,6 +52,7 @@ def build_worker_app(settings: Settings) -> faust.App:
         _remote_model_caller(settings, model_client),
         inline_give_up_s=settings.destination_inline_retry_s,
         gate=StatefulGate(store.redis, stats),
+        merge_posts=settings.destination_merge_posts,
     )
     native = settings.stage_one == "c" and native_available()
     if settings.stage_one == "c" and not native:

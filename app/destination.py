@@ -60,6 +60,9 @@ class DeliveryResult:
     already_present: int
     attempts: int
     latency_s: float
+    # The ids of the inputs that the destination already held, as far as its
+    # response names them: the deliverer's funnel counts them per collector.
+    present_ids: frozenset[str] = frozenset()
 
 
 class Destination:
@@ -101,7 +104,8 @@ class Destination:
         """Post all inputs, in requests of at most 128; raise DeliveryError when a
         request fails for good or retries run out of time (`give_up_s`, by default
         the client's)."""
-        posted = present = attempts = 0
+        posted = attempts = 0
+        present_ids: set[str] = set()
         started = time.monotonic()
         for start in range(0, len(inputs), MAX_INPUTS_PER_REQUEST):
             chunk = inputs[start : start + MAX_INPUTS_PER_REQUEST]
@@ -109,9 +113,15 @@ class Destination:
                 user_id, app_id, key, chunk, give_up_s or self.give_up_s
             )
             posted += chunk_posted
-            present += chunk_present
+            present_ids.update(chunk_present)
             attempts += chunk_attempts
-        return DeliveryResult(posted, present, attempts, time.monotonic() - started)
+        return DeliveryResult(
+            posted,
+            len(present_ids),
+            attempts,
+            time.monotonic() - started,
+            frozenset(present_ids),
+        )
 
     async def _post_with_retries(
         self,
@@ -120,7 +130,7 @@ class Destination:
         key: str,
         chunk: Sequence[dict[str, Any]],
         give_up_s: float,
-    ) -> tuple[int, int, int]:
+    ) -> tuple[int, set[str], int]:
         deadline = time.monotonic() + give_up_s
         attempt = 0
         while True:
@@ -155,7 +165,7 @@ class Destination:
 
     async def _post_once(
         self, user_id: str, app_id: str, key: str, chunk: Sequence[dict[str, Any]]
-    ) -> tuple[int, int]:
+    ) -> tuple[int, set[str]]:
         path = f"/v2/users/{user_id}/apps/{app_id}/inputs"
         url = self.base_url + path
         body = orjson.dumps({"inputs": list(chunk)})
@@ -177,13 +187,20 @@ class Destination:
             response.headers.get("retry-after"),
             response.body,
             url,
+            chunk,
         )
 
 
 def _interpret(
-    http_status: int, reason: str, retry_after: str | None, content: bytes, url: str
-) -> tuple[int, int]:
-    """Return (posted, already present) for a response, or raise DeliveryError."""
+    http_status: int,
+    reason: str,
+    retry_after: str | None,
+    content: bytes,
+    url: str,
+    chunk: Sequence[dict[str, Any]],
+) -> tuple[int, set[str]]:
+    """Return the number of inputs posted and the ids of those already present for
+    a response, or raise DeliveryError."""
     document = _json_object(content)
     status, items = _status_and_items(document)
     code = status.get("code")
@@ -200,11 +217,13 @@ def _interpret(
             http_status=http_status,
         )
     if 200 <= http_status < 300 and code in (SUCCESS, None):
-        return _count_inputs(items, len(items))
+        return _count_inputs(items, len(items), chunk)
     if code in ALREADY_PRESENT_CODES or _all_have(items, ALREADY_PRESENT_CODES):
-        return 0, len(items)
+        if not items:
+            return 0, {str(posted["id"]) for posted in chunk}
+        return 0, _ids(items, range(len(items)), chunk)
     if code == MIXED_STATUS and _all_have(items, PRESENT_OR_SUCCESS_CODES):
-        return _count_inputs(items, 0)
+        return _count_inputs(items, 0, chunk)
 
     message = f"POST {url} returned HTTP {http_status}, status {code}: {description}"
     retriable = http_status >= 500 or http_status in RETRIABLE_HTTP_STATUSES
@@ -245,9 +264,32 @@ def _item_code(item: Any) -> Any:
     return status.get("code") if isinstance(status, dict) else None
 
 
-def _count_inputs(items: list[Any], default_posted: int) -> tuple[int, int]:
-    present = sum(1 for item in items if _item_code(item) in ALREADY_PRESENT_CODES)
-    return (len(items) - present if items else default_posted), present
+def _count_inputs(
+    items: list[Any], default_posted: int, chunk: Sequence[dict[str, Any]]
+) -> tuple[int, set[str]]:
+    present = [
+        index
+        for index, item in enumerate(items)
+        if _item_code(item) in ALREADY_PRESENT_CODES
+    ]
+    posted = len(items) - len(present) if items else default_posted
+    return posted, _ids(items, present, chunk)
+
+
+def _ids(
+    items: list[Any], indexes: Sequence[int], chunk: Sequence[dict[str, Any]]
+) -> set[str]:
+    """Return the ids of the response's inputs at `indexes`; an input without an id
+    takes that of the posted input at its position, as the response lists the
+    inputs in the order of the request."""
+    ids = set()
+    for index in indexes:
+        item = items[index]
+        if isinstance(item, dict) and item.get("id"):
+            ids.add(str(item["id"]))
+        elif index < len(chunk):
+            ids.add(str(chunk[index]["id"]))
+    return ids
 
 
 def _all_have(items: list[Any], codes: frozenset[int]) -> bool:

@@ -140,6 +140,12 @@ class Settings(BaseSettings):
     destination_max_in_flight: int = Field(
         16, validation_alias="COLLECTORS_DESTINATION_MAX_IN_FLIGHT", ge=1
     )
+    # Whether the inputs of collectors that post to the same app with the same key
+    # share POST requests (up to 128 inputs each). Turn it off to send each
+    # collector's inputs in requests of their own.
+    destination_merge_posts: bool = Field(
+        True, validation_alias="COLLECTORS_DESTINATION_MERGE_POSTS"
+    )
     destination_give_up_s: float = Field(
         120.0, validation_alias="COLLECTORS_DESTINATION_GIVE_UP_S"
     )

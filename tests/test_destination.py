@@ -173,6 +173,25 @@ async def test_destination_counts_existing_ids_as_delivered(
     await destination.aclose()
     assert result.posted == 1
     assert result.already_present == 1
+    assert result.present_ids == {"in-0"}
+
+
+async def test_destination_names_present_inputs_without_ids_by_position(
+    server: tuple[str, Script],
+) -> None:
+    url, script = server
+    mixed = {
+        "status": {"code": 10010},
+        "inputs": [{"status": {"code": 10000}}, {"status": {"code": 30100}}],
+    }
+    everything_present = {"status": {"code": 40010}}
+    script.answers = [(200, mixed, {}), (409, everything_present, {})]
+    destination = Destination(url, give_up_s=5)
+    first = await destination.post_inputs("u", "a", "k", inputs(2))
+    second = await destination.post_inputs("u", "a", "k", inputs(3))
+    await destination.aclose()
+    assert (first.posted, first.present_ids) == (1, {"in-1"})
+    assert (second.posted, second.present_ids) == (0, {"in-0", "in-1", "in-2"})
 
 
 async def test_destination_all_duplicates_on_4xx_is_delivered(
