@@ -1469,36 +1469,52 @@ static int raw_plain_input_data(Parser *parser, Py_ssize_t data) {
     return has_content;
 }
 
+/* Checks an output's data and its concepts. On the way it notes, in fields that
+ * object nodes leave unused, what every plan's rule and the survivor look up
+ * again: the data's `integer` holds its concepts node (-1 when absent), and each
+ * concept's `integer` its id node, `length` its name node (-1 when absent) and
+ * `number` its value. */
 static int raw_plain_concepts(Parser *parser, Py_ssize_t data) {
     if (parser->nodes[data].type != J_OBJECT) return 0;
     Py_ssize_t concepts = MEMBER(parser, data, "concepts");
-    if (concepts == -1) return 1;
+    if (concepts == -1) {
+        parser->nodes[data].integer = -1;
+        return 1;
+    }
     if (concepts < 0 || parser->nodes[concepts].type != J_ARRAY) return 0;
     for (Py_ssize_t k = parser->nodes[concepts].first; k >= 0; k = parser->nodes[k].next) {
         if (parser->nodes[k].type != J_OBJECT) return 0;
         const char *text;
         Py_ssize_t length;
-        if (!plain_string(parser, MEMBER(parser, k, "id"), 0, &text, &length) ||
-            length == 0)
-            return 0;
-        if (!plain_string(parser, MEMBER(parser, k, "name"), 1, &text, &length)) return 0;
+        Py_ssize_t id = MEMBER(parser, k, "id");
+        if (!plain_string(parser, id, 0, &text, &length) || length == 0) return 0;
+        Py_ssize_t name = MEMBER(parser, k, "name");
+        if (!plain_string(parser, name, 1, &text, &length)) return 0;
         Py_ssize_t value = MEMBER(parser, k, "value");
         if (value < 0) return 0;
         JNode *number = &parser->nodes[value];
+        double as_double;
         if (number->type == J_FLOAT) {
             if (!(0.0 <= number->number && number->number <= 1.0)) return 0;
+            as_double = number->number;
         } else if (number->type == J_INT) {
             if (number->integer < 0 || number->integer > 1) return 0;
+            as_double = (double)number->integer;
         } else {
             return 0;
         }
+        JNode *concept = &parser->nodes[k];
+        concept->integer = id;
+        concept->length = name;
+        concept->number = as_double;
     }
+    parser->nodes[data].integer = concepts;
     return 1;
 }
 
+/* A checked concept's value (see raw_plain_concepts). */
 static double raw_concept_value(Parser *parser, Py_ssize_t concept) {
-    JNode *value = &parser->nodes[MEMBER(parser, concept, "value")];
-    return value->type == J_FLOAT ? value->number : (double)value->integer;
+    return parser->nodes[concept].number;
 }
 
 static int is_ascii_space(unsigned char c) {
@@ -1637,17 +1653,17 @@ static PyObject *pair_threshold(PyObject *pairs, const char *key, Py_ssize_t len
 
 static int raw_rule_passes(Parser *parser, PyObject *plan, Py_ssize_t data) {
     long rule = PyLong_AsLong(PyTuple_GET_ITEM(plan, P_RULE));
-    Py_ssize_t concepts = MEMBER(parser, data, "concepts");
+    Py_ssize_t concepts = (Py_ssize_t)parser->nodes[data].integer;
     if (concepts < 0 || parser->nodes[concepts].count == 0) return 0;
     if (rule == RULE_THRESHOLDER) {
         PyObject *pairs = PyTuple_GET_ITEM(plan, P_PAIRS);
         int comparator = (int)PyLong_AsLong(PyTuple_GET_ITEM(plan, P_COMPARATOR));
         for (Py_ssize_t k = parser->nodes[concepts].first; k >= 0;
              k = parser->nodes[k].next) {
-            JNode *id = &parser->nodes[MEMBER(parser, k, "id")];
+            JNode *id = &parser->nodes[parser->nodes[k].integer];
             PyObject *threshold = pair_threshold(pairs, id->start, id->length);
             if (threshold == NULL) {
-                Py_ssize_t name = MEMBER(parser, k, "name");
+                Py_ssize_t name = parser->nodes[k].length;
                 if (name >= 0)
                     threshold = pair_threshold(pairs, parser->nodes[name].start,
                                                parser->nodes[name].length);
@@ -1679,7 +1695,7 @@ static PyObject *survivor(Parser *parser, RawCandidate *candidate) {
 
     if (input != NULL && input_id != NULL && data != NULL && candidate->data >= 0) {
         /* max(concepts, key=value): the first concept with the largest value */
-        Py_ssize_t concepts = MEMBER(parser, candidate->data, "concepts");
+        Py_ssize_t concepts = (Py_ssize_t)parser->nodes[candidate->data].integer;
         Py_ssize_t best = -1;
         double best_value = 0.0;
         if (concepts >= 0) {
@@ -1694,7 +1710,7 @@ static PyObject *survivor(Parser *parser, RawCandidate *candidate) {
         }
         if (best >= 0) {
             Py_DECREF(top);
-            top = string_object(parser, MEMBER(parser, best, "id"));
+            top = string_object(parser, (Py_ssize_t)parser->nodes[best].integer);
         }
     }
 
