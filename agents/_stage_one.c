@@ -1494,7 +1494,7 @@ static int raw_plain_input_data(Parser *parser, Py_ssize_t data) {
 
 /* Checks an output's data and its concepts. On the way it notes, in fields that
  * object nodes leave unused, what every plan's rule and the survivor look up
- * again: the data's `integer` holds its concepts node (-1 when absent), and each
+ * again: the data's `integer` is its concepts node (-1 when absent), and each
  * concept's `integer` its id node, `length` its name node (-1 when absent) and
  * `number` its value. */
 static int raw_plain_concepts(Parser *parser, Py_ssize_t data) {

@@ -142,8 +142,8 @@ class Deliverer:
     def _may_wait(
         self, view: CollectorView | None, items: Sequence[dict[str, Any]]
     ) -> bool:
-        """Whether preparing the collector's items may wait on I/O: a quota or dedupe
-        rule (Redis) or a workflow with remote models."""
+        """Tell whether preparing the collector's items may wait on I/O: a quota or
+        dedupe rule (Redis) or a workflow with remote models."""
         if view is None or not view.record.active:
             return False
         if view.stateful_rules and self.gate is not None:

@@ -279,9 +279,9 @@ def _count_inputs(
 def _ids(
     items: list[Any], indexes: Sequence[int], chunk: Sequence[dict[str, Any]]
 ) -> set[str]:
-    """Return the ids of the response's inputs at `indexes`; an input without an id
-    takes that of the posted input at its position, as the response lists the
-    inputs in the order of the request."""
+    """Return the ids of the response's inputs at `indexes`. The response lists the
+    inputs in the order of the request, so an input without an id takes that of
+    the posted input at its position."""
     ids = set()
     for index in indexes:
         item = items[index]

@@ -27,7 +27,7 @@ ALREADY_PRESENT = 30100
 class App:
     """POST /inputs that records each request's path, key and input ids.
 
-    Inputs in `present` are answered as already present (a mixed status), a
+    Inputs in `present` get the already-present code (a mixed status), a
     request holding an id that starts with "bad" gets HTTP 400, and every request
     to an app in `failing` gets HTTP 503."""
 
@@ -118,7 +118,7 @@ async def deliver(
     return failures, stats
 
 
-async def test_collectors_sharing_an_app_and_key_share_one_request(
+async def test_shared_app_and_key_share_requests(
     app_server: tuple[str, App],
 ) -> None:
     url, app = app_server
@@ -207,7 +207,7 @@ async def test_already_present_inputs_count_for_their_own_collector(
     assert (second["posted"], second["already_present"]) == (1, 2)
 
 
-async def test_failed_merged_request_fails_each_collector_with_its_own_inputs(
+async def test_failed_shared_request_fails_per_collector(
     app_server: tuple[str, App],
 ) -> None:
     url, app = app_server
