@@ -1,7 +1,7 @@
 """A small HTTP/1.1 client for the destination's POST /inputs.
 
-The worker sends one POST per collector and batch, and under live traffic most of
-them carry a single input. aiohttp spent about 150 µs of the worker's CPU on each
+The worker sends one POST per destination app and key in a batch, and under live
+traffic most of them carry one or a few inputs. aiohttp spent about 150 µs of the worker's CPU on each
 such request, mostly in machinery the worker does not use (cookies, tracing,
 redirects, multipart, streaming bodies). This client does only what the POST needs:
 keep-alive connections per origin, plain TCP or TLS, a request written in one
