@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -105,25 +106,21 @@ class Deliverer:
             if prepared:
                 ready.append(prepared)
             failures.extend(prepare_failures)
-        # The collectors that wait on Redis or remote models are posted when they
-        # are ready, in requests of their own, so that they hold up no other post.
+        # Each collector that waits on Redis or remote models is posted as soon as
+        # it is ready, in requests of its own, so that it holds up no other post.
         outcomes = await asyncio.gather(
-            self._post_all(ready), self._prepare_and_post(waiting)
+            self._post_all(ready), *map(self._prepare_and_post, waiting)
         )
         for outcome in outcomes:
             failures.extend(outcome)
         return failures
 
     async def _prepare_and_post(
-        self, preparations: Sequence[Awaitable[_Prepared]]
+        self, preparation: Awaitable[_Prepared]
     ) -> list[FailedDelivery]:
-        failures: list[FailedDelivery] = []
-        ready = []
-        for prepared, prepare_failures in await asyncio.gather(*preparations):
-            if prepared:
-                ready.append(prepared)
-            failures.extend(prepare_failures)
-        failures.extend(await self._post_all(ready))
+        prepared, failures = await preparation
+        if prepared:
+            failures = [*failures, *await self._post_all([prepared])]
         return failures
 
     async def _post_all(
@@ -272,9 +269,10 @@ class Deliverer:
                 give_up_s=give_up_s,
             )
         except DeliveryError as error:
-            if error.http_status == 400 and len(inputs) > 1:
+            if _fails_inputs_apart(error) and len(inputs) > 1:
                 # One invalid input (bad base64, say) makes the destination reject
-                # the whole request; post one by one so that only it fails.
+                # the whole request, or fail it with a mixed status although it
+                # stored the others; post one by one so that only it fails.
                 return await self._post_one_by_one(entries, give_up_s)
             by_collector = _by_collector(entries)
             logger.warning(
@@ -304,10 +302,13 @@ class Deliverer:
             funnel["posted"] += result.posted
             funnel["already_present"] += result.already_present
             return []
-        present_ids = result.present_ids
+        # Each id the response names as present counts once, so that two inputs
+        # with the same id (which stage one never makes) still add up.
+        present_ids = set(result.present_ids)
         for collector_view, input_ in entries:
             funnel = self.stats.funnel[collector_view.key]
             if input_["id"] in present_ids:
+                present_ids.discard(input_["id"])
                 funnel["already_present"] += 1
             else:
                 funnel["posted"] += 1
@@ -316,12 +317,21 @@ class Deliverer:
     async def _post_one_by_one(
         self, entries: list[tuple[CollectorView, dict[str, Any]]], give_up_s: float
     ) -> list[FailedDelivery]:
-        """Post inputs singly; return per collector one failure holding every input
-        of it that failed (retriable only when all of them failed in a way that may
-        pass)."""
+        """Post inputs singly, together within `give_up_s`; return per collector one
+        failure holding every input of it that failed (retriable only when all of
+        them failed in a way that may pass)."""
+        deadline = time.monotonic() + give_up_s
         failed: dict[str, list[FailedDelivery]] = {}
-        for entry in entries:
-            for failure in await self._post_entries([entry], give_up_s):
+        # The destination's in-flight limit bounds how many run at once. Each post
+        # retries until the shared deadline, after one attempt at least.
+        singles = await asyncio.gather(
+            *(
+                self._post_entries([entry], max(0.0, deadline - time.monotonic()))
+                for entry in entries
+            )
+        )
+        for failures in singles:
+            for failure in failures:
                 failed.setdefault(failure.collector_key, []).append(failure)
         counts = {key: 0 for key in failed}
         for view, _ in entries:
@@ -395,6 +405,14 @@ class Deliverer:
             collector_key=view.key,
         )
         return workflow.run(data, context).passed
+
+
+def _fails_inputs_apart(error: DeliveryError) -> bool:
+    """Tell whether posting a failed request's inputs one by one may deliver some:
+    the destination refused the request (HTTP 400) or answered with a status that
+    names inputs that failed (a 2xx with a mixed or failed status)."""
+    status = error.http_status
+    return status is not None and (status == 400 or 200 <= status < 300)
 
 
 def _by_collector(

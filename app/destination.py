@@ -217,13 +217,13 @@ def _interpret(
             http_status=http_status,
         )
     if 200 <= http_status < 300 and code in (SUCCESS, None):
-        return _count_inputs(items, len(items), chunk)
+        return _count_inputs(items, chunk)
     if code in ALREADY_PRESENT_CODES or _all_have(items, ALREADY_PRESENT_CODES):
         if not items:
             return 0, {str(posted["id"]) for posted in chunk}
         return 0, _ids(items, range(len(items)), chunk)
     if code == MIXED_STATUS and _all_have(items, PRESENT_OR_SUCCESS_CODES):
-        return _count_inputs(items, 0, chunk)
+        return _count_inputs(items, chunk)
 
     message = f"POST {url} returned HTTP {http_status}, status {code}: {description}"
     retriable = http_status >= 500 or http_status in RETRIABLE_HTTP_STATUSES
@@ -265,15 +265,18 @@ def _item_code(item: Any) -> Any:
 
 
 def _count_inputs(
-    items: list[Any], default_posted: int, chunk: Sequence[dict[str, Any]]
+    items: list[Any], chunk: Sequence[dict[str, Any]]
 ) -> tuple[int, set[str]]:
+    """Count a delivered request's inputs: those that the response names as
+    already present, and the rest of the request as posted, also when the
+    response lists fewer inputs or none."""
     present = [
         index
         for index, item in enumerate(items)
         if _item_code(item) in ALREADY_PRESENT_CODES
     ]
-    posted = len(items) - len(present) if items else default_posted
-    return posted, _ids(items, present, chunk)
+    present_ids = _ids(items, present, chunk)
+    return max(0, len(chunk) - len(present_ids)), present_ids
 
 
 def _ids(
