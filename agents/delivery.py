@@ -317,9 +317,9 @@ class Deliverer:
     async def _post_one_by_one(
         self, entries: list[tuple[CollectorView, dict[str, Any]]], give_up_s: float
     ) -> list[FailedDelivery]:
-        """Post inputs singly, together within `give_up_s`; return per collector one
-        failure holding every input of it that failed (retriable only when all of
-        them failed in a way that may pass)."""
+        """Post inputs singly, all within `give_up_s`. Return one failure per
+        collector with every input of it that failed, retriable only when all of
+        them failed in a way that may pass."""
         deadline = time.monotonic() + give_up_s
         failed: dict[str, list[FailedDelivery]] = {}
         # The destination's in-flight limit bounds how many run at once. Each post
@@ -409,8 +409,8 @@ class Deliverer:
 
 def _fails_inputs_apart(error: DeliveryError) -> bool:
     """Tell whether posting a failed request's inputs one by one may deliver some:
-    the destination refused the request (HTTP 400) or answered with a status that
-    names inputs that failed (a 2xx with a mixed or failed status)."""
+    the destination refused the request (HTTP 400), or its 2xx response has a
+    mixed or failed status that names the inputs that failed."""
     status = error.http_status
     return status is not None and (status == 400 or 200 <= status < 300)
 

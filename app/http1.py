@@ -1,12 +1,12 @@
 """A small HTTP/1.1 client for the destination's POST /inputs.
 
 The worker sends one POST per destination app and key in a batch, and under live
-traffic most of them carry one or a few inputs. aiohttp spent about 150 µs of the worker's CPU on each
-such request, mostly in machinery the worker does not use (cookies, tracing,
-redirects, multipart, streaming bodies). This client does only what the POST needs:
-keep-alive connections per origin, plain TCP or TLS, a request written in one
-call, and a response read whole, framed by Content-Length, chunked transfer coding
-or the end of the connection.
+traffic most of them carry one or a few inputs. aiohttp spent about 150 µs of the
+worker's CPU on each such request, mostly in machinery the worker does not use
+(cookies, tracing, redirects, multipart, streaming bodies). This client does only
+what the POST needs: keep-alive connections per origin, plain TCP or TLS, a
+request written in one call, and a response read whole, framed by Content-Length,
+chunked transfer coding or the end of the connection.
 
 It raises `HttpError` when no complete response arrives (refused, reset, closed
 early, malformed), and `TimeoutError` when the request's deadline passes. A

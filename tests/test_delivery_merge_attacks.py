@@ -145,19 +145,20 @@ class SlowGate:
 
 
 class WaitingGate:
-    """A quota/dedupe gate that holds `held` until the destination has received
-    an input of `first`, for up to 10 s, and notes whether it did."""
+    """A quota/dedupe gate that keeps collector `waiting` waiting until the
+    destination has received an input of `first`, for up to 10 s, and notes
+    whether it did."""
 
-    def __init__(self, fake: FakeApps, held: str, first: str) -> None:
+    def __init__(self, fake: FakeApps, waiting: str, first: str) -> None:
         self.fake = fake
-        self.held = held
+        self.waiting = waiting
         self.first = first
         self.first_came_first: bool | None = None
 
     async def admit(
         self, view: CollectorView, items: Sequence[dict[str, Any]]
     ) -> list[dict[str, Any]]:
-        if view.key == self.held:
+        if view.key == self.waiting:
             try:
                 await wait_for(self._first_received, "the first input", 10.0)
             except AssertionError:
@@ -631,7 +632,7 @@ async def test_gated_collector_posts_apart_from_plain_ones(
     gated = view("gated", "shared", stateful=True)
     # The gated collector is admitted only once the plain collectors' inputs
     # have arrived, which never happens if their request waits for it.
-    gate = WaitingGate(fake, held=gated.key, first="a")
+    gate = WaitingGate(fake, waiting=gated.key, first="a")
     batches = {v.key: items(v.record.id, 2) for v in (plain_a, gated, plain_b)}
 
     failures, stats = await deliver(url, [plain_a, plain_b, gated], batches, gate=gate)
@@ -653,7 +654,7 @@ async def test_slow_gate_delays_no_other_gated_post(
     fast = view("fast", "fast-app", stateful=True)
     # The slow collector's check ends only once the fast collector's input has
     # arrived, which never happens if the fast post waits for the slow check.
-    gate = WaitingGate(fake, held=slow.key, first="fast")
+    gate = WaitingGate(fake, waiting=slow.key, first="fast")
     batches = {slow.key: items("slow", 1), fast.key: items("fast", 1)}
 
     failures, _ = await deliver(url, [slow, fast], batches, gate=gate)
@@ -689,7 +690,7 @@ async def test_one_by_one_fallback_time_bound(
         i["id"] for b in batches.values() for i in b
     )
     assert all(f.retriable for f in failures)
-    # The singles share the inline retry time of 1 s; retried one after another,
+    # The singles share the inline retry time of 1 s. Retried one after another,
     # each for the whole second, the 8 inputs would take 8 s or more. The bound
     # leaves 3 s for a slow machine.
     assert elapsed_s < 4.0
