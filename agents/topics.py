@@ -52,8 +52,46 @@ async def ensure_topics(settings: Settings, wait_s: float = 60.0) -> None:
             await asyncio.sleep(1.0)
     try:
         await _create_missing(admin, settings)
+        await _wait_for_leaders(admin, wanted_topics(settings), deadline)
     finally:
         await admin.close()
+
+
+async def _wait_for_leaders(
+    admin: AIOKafkaAdminClient, wanted: dict[str, int], deadline: float
+) -> None:
+    """Wait until the broker's metadata lists every topic with a leader for each
+    partition. A consumer that joins its group before that gets no partitions of
+    the missing topic until a later metadata refresh: two workers started so on a
+    loaded machine stayed idle for the 90 s that a test waited for them."""
+    loop = asyncio.get_running_loop()
+    while True:
+        descriptions = await admin.describe_topics(list(wanted))
+        waiting = sorted(
+            set(wanted) - {d["topic"] for d in descriptions if _has_leaders(d)}
+        )
+        if not waiting:
+            return
+        if loop.time() > deadline:
+            logger.warning(
+                "topics %s have no leader for every partition yet; starting anyway",
+                ", ".join(waiting),
+            )
+            return
+        await asyncio.sleep(0.2)
+
+
+def _has_leaders(description: dict[str, object]) -> bool:
+    partitions = description.get("partitions")
+    return (
+        not description.get("error_code")
+        and isinstance(partitions, list)
+        and bool(partitions)
+        and all(
+            isinstance(partition, dict) and partition.get("leader", -1) >= 0
+            for partition in partitions
+        )
+    )
 
 
 async def _create_missing(admin: AIOKafkaAdminClient, settings: Settings) -> None:
