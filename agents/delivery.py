@@ -107,7 +107,7 @@ class Deliverer:
                 ready.append(prepared)
             failures.extend(prepare_failures)
         # Each collector that waits on Redis or remote models is posted as soon as
-        # it is ready, in requests of its own, so that it holds up no other post.
+        # it is ready, in requests of its own, so that it delays no other post.
         outcomes = await asyncio.gather(
             self._post_all(ready), *map(self._prepare_and_post, waiting)
         )
@@ -256,7 +256,7 @@ class Deliverer:
         self, entries: list[tuple[CollectorView, dict[str, Any]]], give_up_s: float
     ) -> list[FailedDelivery]:
         """POST the inputs of collectors that share a destination app and key,
-        retrying for up to `give_up_s`; return at most one failure per collector."""
+        retrying for up to `give_up_s`. Return at most one failure per collector."""
         view = entries[0][0]
         record = view.record
         inputs = [input_ for _, input_ in entries]
@@ -272,7 +272,7 @@ class Deliverer:
             if _fails_inputs_apart(error) and len(inputs) > 1:
                 # One invalid input (bad base64, say) makes the destination reject
                 # the whole request, or fail it with a mixed status although it
-                # stored the others; post one by one so that only it fails.
+                # stored the others. Posting one by one fails only that input.
                 return await self._post_one_by_one(entries, give_up_s)
             by_collector = _by_collector(entries)
             logger.warning(
@@ -409,7 +409,7 @@ class Deliverer:
 
 def _fails_inputs_apart(error: DeliveryError) -> bool:
     """Tell whether posting a failed request's inputs one by one may deliver some:
-    the destination refused the request (HTTP 400), or its 2xx response has a
+    the destination rejected the request (HTTP 400), or its 2xx response has a
     mixed or failed status that names the inputs that failed."""
     status = error.http_status
     return status is not None and (status == 400 or 200 <= status < 300)

@@ -14,17 +14,17 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Any
 
 import pytest
 
 from agents.delivery import Deliverer, FailedDelivery
 from agents.stats import WorkerStats
-from app.config_cache import CollectorView, ConfigSnapshot
+from app.config_cache import CollectorView
 from app.destination import MAX_INPUTS_PER_REQUEST, Destination
 from app.models import COLLECTOR_INACTIVE, CollectorRecord
 from tests.harness import JsonHandler, serve_http, wait_for
+from tests.test_delivery_merge import items, snapshot_of
 
 SUCCESS = 10000
 MIXED_STATUS = 10010
@@ -87,6 +87,14 @@ def apps() -> Iterator[tuple[str, FakeApps]]:
         yield url, fake
 
 
+# Success responses that list no inputs: every input sent counts as posted.
+BARE_SUCCESS_DOCUMENTS = [
+    {"status": {"code": SUCCESS}},
+    {"status": {"code": SUCCESS}, "inputs": []},
+    {},
+]
+
+
 def view(
     collector_id: str,
     app_id: str,
@@ -108,17 +116,6 @@ def view(
     # collector as one whose preparation waits on Redis.
     rules: tuple[Any, ...] = ("quota",) if stateful else ()
     return CollectorView(record, record.key, key, None, None, (), stateful_rules=rules)
-
-
-def items(prefix: str, count: int) -> list[dict[str, Any]]:
-    return [
-        {"id": f"{prefix}-{n}", "input": {"id": f"{prefix}-{n}", "data": {}}}
-        for n in range(count)
-    ]
-
-
-def snapshot_of(*views: CollectorView) -> ConfigSnapshot:
-    return ConfigSnapshot(by_key=MappingProxyType({v.key: v for v in views}))
 
 
 class SlowGate:
@@ -440,11 +437,7 @@ async def test_duplicate_id_across_collectors_counts(
 
 @pytest.mark.parametrize(
     "document",
-    [
-        {"status": {"code": SUCCESS}},
-        {"status": {"code": SUCCESS}, "inputs": []},
-        {},
-    ],
+    BARE_SUCCESS_DOCUMENTS,
     ids=["no-inputs-field", "empty-inputs", "empty-object"],
 )
 async def test_bare_success_counts_merged_posted(
@@ -464,11 +457,7 @@ async def test_bare_success_counts_merged_posted(
 
 @pytest.mark.parametrize(
     "document",
-    [
-        {"status": {"code": SUCCESS}},
-        {"status": {"code": SUCCESS}, "inputs": []},
-        {},
-    ],
+    BARE_SUCCESS_DOCUMENTS,
     ids=["no-inputs-field", "empty-inputs", "empty-object"],
 )
 async def test_bare_success_counts_lone_posted(
