@@ -227,7 +227,8 @@ static PyObject *py_sha256(PyObject *self, PyObject *args) {
 
 static PyObject *s_id, *s_model, *s_user_id, *s_app_id, *s_model_version, *s_input,
     *s_data, *s_status, *s_code, *s_metadata, *s_image, *s_text, *s_url, *s_base64,
-    *s_raw, *s_concepts, *s_name, *s_value, *s_empty;
+    *s_raw, *s_concepts, *s_name, *s_value, *s_empty, *s_event_id, *s_created_at,
+    *s_output_data, *s_top_concept;
 
 static int intern_keys(void) {
 #define INTERN(var, text)                            \
@@ -253,6 +254,10 @@ static int intern_keys(void) {
     INTERN(s_name, "name");
     INTERN(s_value, "value");
     INTERN(s_empty, "");
+    INTERN(s_event_id, "event_id");
+    INTERN(s_created_at, "created_at");
+    INTERN(s_output_data, "output_data");
+    INTERN(s_top_concept, "top_concept");
 #undef INTERN
     return 0;
 }
@@ -508,8 +513,15 @@ enum {
     P_THRESHOLDS,
     P_NODE_ID,
     P_PAIRS,
+    P_KEY,
+    P_KEY_SLASH,
+    P_COLLECT_OUTPUTS,
+    P_COUNTS,
     P_SIZE
 };
+
+/* The counters of a plan's P_COUNTS bytearray, which route_event adds to. */
+enum { C_MATCHED, C_DROPPED_SAMPLE, C_DROPPED_RULE, C_ENQUEUED, C_SIZE };
 
 enum { RULE_NONE = 0, RULE_MAX_BELOW = 1, RULE_MIN_ABOVE = 2, RULE_THRESHOLDER = 3 };
 
@@ -588,6 +600,13 @@ static int plan_is_valid(PyObject *plan) {
         return plan_error(plan, "the caller user id must be a str or None");
     if (!PyUnicode_Check(PyTuple_GET_ITEM(plan, P_VERSION)))
         return plan_error(plan, "the model version id must be a str");
+    if (!PyUnicode_Check(PyTuple_GET_ITEM(plan, P_KEY)) ||
+        !PyBytes_Check(PyTuple_GET_ITEM(plan, P_KEY_SLASH)))
+        return plan_error(plan, "the key must be a str and the key prefix bytes");
+    PyObject *counts = PyTuple_GET_ITEM(plan, P_COUNTS);
+    if (!PyByteArray_CheckExact(counts) ||
+        PyByteArray_GET_SIZE(counts) != (Py_ssize_t)(C_SIZE * sizeof(int64_t)))
+        return plan_error(plan, "the counts must be a bytearray of 4 int64");
     if (!PyBytes_Check(PyTuple_GET_ITEM(plan, P_SEED_PREFIX)) ||
         !PyBytes_Check(PyTuple_GET_ITEM(plan, P_LIMIT)))
         return plan_error(plan, "the seed prefix and digest limit must be bytes");
@@ -856,13 +875,21 @@ done:
 
 /* ---- Raw events ------------------------------------------------------------
  *
- * route_event(value, plans) does what orjson.loads and route_outputs do, on the
- * event's bytes, and builds Python objects only for the envelope and for the
- * outputs that some collector keeps. It parses a subset of JSON: strings that
- * the check reads must have no backslash escapes, integers must fit in 64 bits,
- * and objects and arrays may nest 128 levels. Outside that subset, and wherever
- * route_outputs would return None or a plan is decided in Python, it returns
- * None, and the caller takes the orjson path, which decides for itself. */
+ * route_event(value, plans, touched) -> (count, skipped_status, unwatched,
+ *                                        batches) | None
+ *     does what orjson.loads, PredictionEvent and route_outputs do, on the
+ *     event's bytes, and also builds the queue items (routing.queue_item) of the
+ *     outputs that collectors keep: batches lists (collector key, items) pairs.
+ *     It builds Python objects only for the event id and for the kept outputs.
+ *     Each plan's funnel counts are added to its P_COUNTS bytearray, and a plan
+ *     whose counts were zero is appended to `touched`; Router.settle moves them
+ *     to the stats. It parses a subset of JSON: strings that the check reads
+ *     must have no backslash escapes, integers must fit in 64 bits, and objects
+ *     and arrays may nest 128 levels. It returns None, before counting
+ *     anything, outside that subset, for an envelope that PredictionEvent may
+ *     reject (see raw_envelope), and wherever route_outputs would return None
+ *     or a plan is decided in Python. The caller then takes the orjson path,
+ *     which decides for itself. */
 
 #define MAX_DEPTH 128
 
@@ -1395,7 +1422,10 @@ typedef struct {
     const char *user, *app, *model, *version, *input_id;
     Py_ssize_t user_length, app_length, model_length, version_length, input_id_length;
     PyObject *source_key; /* new reference */
-    PyObject *survivor;   /* (input, input id, data, top concept id), once kept */
+    /* Built when a plan first keeps the output (new references): the input, the
+     * output's data (only for a plan that collects outputs) and the id of the top
+     * concept (Py_None when it has none). */
+    PyObject *input_object, *data_object, *top_object;
     int failed;
     int has_data;
     int group;
@@ -1657,7 +1687,7 @@ static int raw_check(Parser *parser, Py_ssize_t output, RawCandidate *candidate,
     candidate->failed = failed;
     candidate->has_data = has_data;
     candidate->group = -1;
-    candidate->survivor = NULL;
+    candidate->input_object = candidate->data_object = candidate->top_object = NULL;
     return 1;
 }
 
@@ -1706,49 +1736,126 @@ static int raw_rule_passes(Parser *parser, PyObject *plan, Py_ssize_t data) {
     return 1;
 }
 
-/* Returns the candidate's survivor tuple, built on first use. */
-static PyObject *survivor(Parser *parser, RawCandidate *candidate) {
-    if (candidate->survivor != NULL) return candidate->survivor;
-    PyObject *input = node_object(parser, candidate->input);
-    PyObject *input_id = PyUnicode_DecodeUTF8(candidate->input_id,
-                                              candidate->input_id_length, NULL);
-    PyObject *data = candidate->data >= 0 ? node_object(parser, candidate->data)
-                                          : PyDict_New();
-    PyObject *top = Py_NewRef(Py_None);
-
-    if (input != NULL && input_id != NULL && data != NULL && candidate->data >= 0) {
-        /* max(concepts, key=value): the first concept with the largest value */
-        Py_ssize_t concepts = (Py_ssize_t)parser->nodes[candidate->data].integer;
-        Py_ssize_t best = -1;
-        double best_value = 0.0;
-        if (concepts >= 0) {
-            for (Py_ssize_t k = parser->nodes[concepts].first; k >= 0;
-                 k = parser->nodes[k].next) {
-                double value = raw_concept_value(parser, k);
-                if (best < 0 || value > best_value) {
-                    best = k;
-                    best_value = value;
-                }
+/* Builds the candidate's input object and top concept id, once. Returns -1 on
+ * error. */
+static int survivor_parts(Parser *parser, RawCandidate *candidate) {
+    if (candidate->input_object != NULL) return 0;
+    PyObject *top = NULL;
+    Py_ssize_t concepts =
+        candidate->data >= 0 ? (Py_ssize_t)parser->nodes[candidate->data].integer : -1;
+    /* max(concepts, key=value): the first concept with the largest value */
+    Py_ssize_t best = -1;
+    double best_value = 0.0;
+    if (concepts >= 0) {
+        for (Py_ssize_t k = parser->nodes[concepts].first; k >= 0;
+             k = parser->nodes[k].next) {
+            double value = raw_concept_value(parser, k);
+            if (best < 0 || value > best_value) {
+                best = k;
+                best_value = value;
             }
         }
-        if (best >= 0) {
-            Py_DECREF(top);
-            top = string_object(parser, (Py_ssize_t)parser->nodes[best].integer);
-        }
     }
-
-    if (input != NULL && input_id != NULL && data != NULL && top != NULL)
-        candidate->survivor = PyTuple_Pack(4, input, input_id, data, top);
-    Py_XDECREF(input);
-    Py_XDECREF(input_id);
-    Py_XDECREF(data);
-    Py_XDECREF(top);
-    return candidate->survivor;
+    if (best >= 0) {
+        top = string_object(parser, (Py_ssize_t)parser->nodes[best].integer);
+        if (top == NULL) return -1;
+    } else {
+        top = Py_NewRef(Py_None);
+    }
+    PyObject *input = node_object(parser, candidate->input);
+    if (input == NULL) {
+        Py_DECREF(top);
+        return -1;
+    }
+    candidate->input_object = input;
+    candidate->top_object = top;
+    return 0;
 }
 
-/* The twin of `decide` for raw candidates. */
+/* The output's data as queue items carry it: `output.get("data") or {}`. */
+static PyObject *survivor_data(Parser *parser, RawCandidate *candidate) {
+    if (candidate->data_object == NULL)
+        candidate->data_object = candidate->data >= 0
+                                     ? node_object(parser, candidate->data)
+                                     : PyDict_New();
+    return candidate->data_object;
+}
+
+/* routing.destination_input_id: the first 32 hex digits of the SHA-256 of
+ * `<collector key>/<event id>/<input id>`. */
+static PyObject *destination_id(PyObject *key_slash, const char *event_id,
+                                Py_ssize_t event_id_length, const char *input_id,
+                                Py_ssize_t input_id_length) {
+    Py_ssize_t prefix_length = PyBytes_GET_SIZE(key_slash);
+    Py_ssize_t length = prefix_length + event_id_length + 1 + input_id_length;
+    char small[512];
+    char *seed = length <= (Py_ssize_t)sizeof(small) ? small : PyMem_Malloc((size_t)length);
+    if (seed == NULL) return PyErr_NoMemory();
+    char *at = seed;
+    memcpy(at, PyBytes_AS_STRING(key_slash), (size_t)prefix_length);
+    at += prefix_length;
+    memcpy(at, event_id, (size_t)event_id_length);
+    at += event_id_length;
+    *at++ = '/';
+    memcpy(at, input_id, (size_t)input_id_length);
+    unsigned char digest[32];
+    sha256_two(seed, length, "", 0, digest);
+    if (seed != small) PyMem_Free(seed);
+    PyObject *text = PyUnicode_New(32, 127);
+    if (text == NULL) return NULL;
+    Py_UCS1 *out = PyUnicode_1BYTE_DATA(text);
+    static const char hex[] = "0123456789abcdef";
+    for (int i = 0; i < 16; i++) {
+        out[2 * i] = (Py_UCS1)hex[digest[i] >> 4];
+        out[2 * i + 1] = (Py_UCS1)hex[digest[i] & 15];
+    }
+    return text;
+}
+
+/* What a raw event's queue items share. */
+typedef struct {
+    PyObject *id;        /* the event id */
+    const char *id_utf8; /* the same in UTF-8 */
+    Py_ssize_t id_length;
+    PyObject *created_at; /* its creation time, in seconds since the epoch */
+} EventFields;
+
+/* routing.queue_item for a raw candidate that a plan keeps. */
+static PyObject *raw_queue_item(Parser *parser, PyObject *plan, RawCandidate *candidate,
+                                EventFields *event) {
+    if (survivor_parts(parser, candidate) < 0) return NULL;
+    PyObject *item = PyDict_New();
+    if (item == NULL) return NULL;
+    PyObject *id = destination_id(PyTuple_GET_ITEM(plan, P_KEY_SLASH), event->id_utf8,
+                                  event->id_length, candidate->input_id,
+                                  candidate->input_id_length);
+    if (id == NULL || PyDict_SetItem(item, s_id, id) < 0) goto error;
+    Py_CLEAR(id);
+    if (PyDict_SetItem(item, s_event_id, event->id) < 0 ||
+        PyDict_SetItem(item, s_created_at, event->created_at) < 0 ||
+        PyDict_SetItem(item, s_input, candidate->input_object) < 0)
+        goto error;
+    if (PyTuple_GET_ITEM(plan, P_COLLECT_OUTPUTS) == Py_True) {
+        PyObject *data = survivor_data(parser, candidate);
+        if (data == NULL || PyDict_SetItem(item, s_output_data, data) < 0) goto error;
+    }
+    if (candidate->top_object != Py_None &&
+        PyDict_SetItem(item, s_top_concept, candidate->top_object) < 0)
+        goto error;
+    return item;
+error:
+    Py_XDECREF(id);
+    Py_DECREF(item);
+    return NULL;
+}
+
+/* The twin of `decide` for raw candidates. Adds the plan's counts to its P_COUNTS
+ * (and the plan to `touched` when they were all zero), and appends (collector
+ * key, queue items) to `batches` when the plan keeps any candidate. Returns -1 on
+ * error. */
 static int raw_decide(Parser *parser, PyObject *plan, RawCandidate *candidates,
-                      Py_ssize_t count, int group, PyObject *decisions) {
+                      Py_ssize_t count, int group, EventFields *event,
+                      PyObject *batches, PyObject *touched) {
     Py_ssize_t version_length;
     const char *version =
         PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(plan, P_VERSION), &version_length);
@@ -1756,8 +1863,7 @@ static int raw_decide(Parser *parser, PyObject *plan, RawCandidate *candidates,
     PlanFields fields;
     read_plan(plan, &fields);
     Py_ssize_t matched = 0, dropped_sample = 0, dropped_rule = 0;
-    PyObject *survivors = PyList_New(0);
-    if (survivors == NULL) return -1;
+    PyObject *items = NULL;
     for (Py_ssize_t i = 0; i < count; i++) {
         RawCandidate *candidate = &candidates[i];
         if (candidate->group != group) continue;
@@ -1779,41 +1885,163 @@ static int raw_decide(Parser *parser, PyObject *plan, RawCandidate *candidates,
                 continue;
             }
         }
-        PyObject *item = survivor(parser, candidate);
-        if (item == NULL || PyList_Append(survivors, item) < 0) {
-            Py_DECREF(survivors);
+        if (items == NULL && (items = PyList_New(0)) == NULL) return -1;
+        PyObject *item = raw_queue_item(parser, plan, candidate, event);
+        if (item == NULL || PyList_Append(items, item) < 0) {
+            Py_XDECREF(item);
+            Py_DECREF(items);
             return -1;
         }
+        Py_DECREF(item);
     }
-    return append_decision(decisions, plan, matched, dropped_sample, dropped_rule,
-                           survivors);
+    if (matched == 0) return 0;
+    int64_t *counts = (int64_t *)PyByteArray_AS_STRING(PyTuple_GET_ITEM(plan, P_COUNTS));
+    if (counts[C_MATCHED] == 0 && PyList_Append(touched, plan) < 0) {
+        Py_XDECREF(items);
+        return -1;
+    }
+    counts[C_MATCHED] += matched;
+    counts[C_DROPPED_SAMPLE] += dropped_sample;
+    counts[C_DROPPED_RULE] += dropped_rule;
+    if (items == NULL) return 0;
+    counts[C_ENQUEUED] += PyList_GET_SIZE(items);
+    PyObject *entry = PyTuple_Pack(2, PyTuple_GET_ITEM(plan, P_KEY), items);
+    Py_DECREF(items);
+    if (entry == NULL) return -1;
+    int status = PyList_Append(batches, entry);
+    Py_DECREF(entry);
+    return status;
+}
+
+/* ---- The envelope ---- */
+
+static int digits(const char *at, int count, int *value) {
+    int result = 0;
+    for (int i = 0; i < count; i++) {
+        if (at[i] < '0' || at[i] > '9') return 0;
+        result = result * 10 + (at[i] - '0');
+    }
+    *value = result;
+    return 1;
+}
+
+/* Days from 1970-01-01 to a date of the proleptic Gregorian calendar. */
+static int64_t days_from_civil(int64_t year, int month, int day) {
+    year -= month <= 2;
+    int64_t era = (year >= 0 ? year : year - 399) / 400;
+    int64_t year_of_era = year - era * 400;
+    int64_t day_of_year = (153 * (month + (month > 2 ? -3 : 9)) + 2) / 5 + day - 1;
+    int64_t day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    return era * 146097 + day_of_era - 719468;
+}
+
+/* Reads a UTC time `YYYY-MM-DDTHH:MM:SS[.ffffff](Z|+00:00)` of the years 1970 to
+ * 2199 as `PredictionEvent.created_at.timestamp()` would give it: whole
+ * microseconds divided by 10**6, exact in a double for those years. Returns 0
+ * for any other text, which pydantic then reads (or rejects). */
+static int utc_timestamp(const char *text, Py_ssize_t length, double *seconds) {
+    int year, month, day, hour, minute, second, micro = 0;
+    if (length < 20 || text[4] != '-' || text[7] != '-' || text[10] != 'T' ||
+        text[13] != ':' || text[16] != ':')
+        return 0;
+    if (!digits(text, 4, &year) || !digits(text + 5, 2, &month) ||
+        !digits(text + 8, 2, &day) || !digits(text + 11, 2, &hour) ||
+        !digits(text + 14, 2, &minute) || !digits(text + 17, 2, &second))
+        return 0;
+    Py_ssize_t at = 19;
+    if (text[at] == '.') {
+        int fraction_digits = 0;
+        at++;
+        while (at < length && text[at] >= '0' && text[at] <= '9') {
+            if (++fraction_digits > 6) return 0;
+            micro = micro * 10 + (text[at] - '0');
+            at++;
+        }
+        if (fraction_digits == 0) return 0;
+        for (int i = fraction_digits; i < 6; i++) micro *= 10;
+    }
+    if (!((length - at == 1 && text[at] == 'Z') ||
+          (length - at == 6 && memcmp(text + at, "+00:00", 6) == 0)))
+        return 0;
+    static const int month_days[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    if (year < 1970 || year > 2199 || month < 1 || month > 12 || hour > 23 ||
+        minute > 59 || second > 59 || day < 1)
+        return 0;
+    int leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+    if (day > month_days[month - 1] + (month == 2 && leap)) return 0;
+    int64_t whole = days_from_civil(year, month, day) * 86400 + hour * 3600 +
+                    minute * 60 + second;
+    *seconds = (double)(whole * 1000000 + micro) / 1e6;
+    return 1;
+}
+
+/* Checks the envelope as PredictionEvent would, for the forms it is sure to
+ * accept: a string id of 1 to 256 characters, a UTC time of `utc_timestamp`, and
+ * a caller object with a non-empty user id and a string app id, if any. Fills
+ * `event` and returns 1, returns 0 for anything else (pydantic decides then), or
+ * -1 on error. */
+static int raw_envelope(Parser *parser, Py_ssize_t root, Py_ssize_t caller,
+                        EventFields *event) {
+    Py_ssize_t event_id = MEMBER(parser, root, "id");
+    Py_ssize_t created_at = MEMBER(parser, root, "created_at");
+    if (event_id < 0 || parser->nodes[event_id].type != J_STRING) return 0;
+    if (created_at < 0 || parser->nodes[created_at].type != J_STRING ||
+        parser->nodes[created_at].escaped)
+        return 0;
+    Py_ssize_t app_id = MEMBER(parser, caller, "app_id");
+    if (app_id == -2 || (app_id >= 0 && parser->nodes[app_id].type != J_STRING))
+        return 0;
+    double seconds;
+    if (!utc_timestamp(parser->nodes[created_at].start, parser->nodes[created_at].length,
+                       &seconds))
+        return 0;
+    PyObject *id = string_object(parser, event_id);
+    if (id == NULL) return -1;
+    Py_ssize_t characters = PyUnicode_GET_LENGTH(id);
+    if (characters < 1 || characters > 256) {
+        Py_DECREF(id);
+        return 0;
+    }
+    event->id_utf8 = PyUnicode_AsUTF8AndSize(id, &event->id_length);
+    event->created_at = event->id_utf8 ? PyFloat_FromDouble(seconds) : NULL;
+    if (event->created_at == NULL) {
+        Py_DECREF(id);
+        return -1;
+    }
+    event->id = id;
+    return 1;
 }
 
 static PyObject *py_route_event(PyObject *self, PyObject *args) {
     const char *data;
     Py_ssize_t length;
-    PyObject *plans;
-    if (!PyArg_ParseTuple(args, "y#O!", &data, &length, &PyDict_Type, &plans))
+    PyObject *plans, *touched;
+    if (!PyArg_ParseTuple(args, "y#O!O!", &data, &length, &PyDict_Type, &plans,
+                          &PyList_Type, &touched))
         return NULL;
     Parser parser;
     RawCandidate *candidates = NULL;
     PyObject **group_plans = NULL;
-    PyObject *result = NULL, *decisions = NULL, *envelope = NULL, *caller_user_id = NULL;
+    PyObject *result = NULL, *batches = NULL, *caller_user_id = NULL;
+    EventFields event = {NULL, NULL, 0, NULL};
     Py_ssize_t count = 0, checked = 0, groups = 0, skipped_status = 0, unwatched = 0;
 
     Py_ssize_t root = parse_document(&parser, data, length);
     if (root < 0 || parser.nodes[root].type != J_OBJECT) goto fall_back;
-    Py_ssize_t event_id = MEMBER(&parser, root, "id");
-    Py_ssize_t created_at = MEMBER(&parser, root, "created_at");
     Py_ssize_t caller = MEMBER(&parser, root, "caller");
     Py_ssize_t outputs = MEMBER(&parser, root, "outputs");
-    if (event_id < 0 || created_at < 0 || caller < 0 || outputs < 0) goto fall_back;
+    if (caller < 0 || outputs < 0) goto fall_back;
     if (parser.nodes[outputs].type != J_ARRAY || parser.nodes[caller].type != J_OBJECT)
         goto fall_back;
     count = parser.nodes[outputs].count;
     if (count < 1 || count > 128) goto fall_back;
     Py_ssize_t user_id = MEMBER(&parser, caller, "user_id");
-    if (user_id < 0 || parser.nodes[user_id].type != J_STRING) goto fall_back;
+    if (user_id < 0 || parser.nodes[user_id].type != J_STRING ||
+        parser.nodes[user_id].length == 0)
+        goto fall_back;
+    int envelope = raw_envelope(&parser, root, caller, &event);
+    if (envelope < 0) goto done;
+    if (envelope == 0) goto fall_back;
 
     candidates = PyMem_Calloc((size_t)count, sizeof(RawCandidate));
     group_plans = PyMem_Calloc((size_t)count, sizeof(PyObject *));
@@ -1840,30 +2068,29 @@ static PyObject *py_route_event(PyObject *self, PyObject *args) {
 
     caller_user_id = string_object(&parser, user_id);
     if (caller_user_id == NULL) goto done;
-    decisions = PyList_New(0);
-    if (decisions == NULL) goto done;
+    /* Nothing is counted before every plan is known to be decided here. */
     for (Py_ssize_t g = 0; g < groups; g++) {
         PyObject *views = group_plans[g];
-        Py_ssize_t size = PyTuple_GET_SIZE(views);
-        for (Py_ssize_t v = 0; v < size; v++) {
+        for (Py_ssize_t v = 0; v < PyTuple_GET_SIZE(views); v++) {
+            PyObject *plan = PyTuple_GET_ITEM(views, v);
+            if (caller_matches(plan, caller_user_id) &&
+                PyTuple_GET_ITEM(plan, P_PYTHON) == Py_True)
+                goto fall_back;
+        }
+    }
+    batches = PyList_New(0);
+    if (batches == NULL) goto done;
+    for (Py_ssize_t g = 0; g < groups; g++) {
+        PyObject *views = group_plans[g];
+        for (Py_ssize_t v = 0; v < PyTuple_GET_SIZE(views); v++) {
             PyObject *plan = PyTuple_GET_ITEM(views, v);
             if (!caller_matches(plan, caller_user_id)) continue;
-            if (PyTuple_GET_ITEM(plan, P_PYTHON) == Py_True) goto fall_back;
-            if (raw_decide(&parser, plan, candidates, count, (int)g, decisions) < 0)
+            if (raw_decide(&parser, plan, candidates, count, (int)g, &event, batches,
+                           touched) < 0)
                 goto done;
         }
     }
-
-    PyObject *id_object = node_object(&parser, event_id);
-    PyObject *created_object = id_object ? node_object(&parser, created_at) : NULL;
-    PyObject *caller_object = created_object ? node_object(&parser, caller) : NULL;
-    if (caller_object != NULL)
-        envelope = Py_BuildValue("(OOOn)", id_object, created_object, caller_object, count);
-    Py_XDECREF(id_object);
-    Py_XDECREF(created_object);
-    Py_XDECREF(caller_object);
-    if (envelope == NULL) goto done;
-    result = Py_BuildValue("(O(nn)O)", envelope, skipped_status, unwatched, decisions);
+    result = Py_BuildValue("(nnnO)", count, skipped_status, unwatched, batches);
     goto done;
 
 fall_back:
@@ -1871,13 +2098,16 @@ fall_back:
 done:
     for (Py_ssize_t i = 0; i < checked; i++) {
         Py_XDECREF(candidates[i].source_key);
-        Py_XDECREF(candidates[i].survivor);
+        Py_XDECREF(candidates[i].input_object);
+        Py_XDECREF(candidates[i].data_object);
+        Py_XDECREF(candidates[i].top_object);
     }
     PyMem_Free(candidates);
     PyMem_Free(group_plans);
     parser_release(&parser);
-    Py_XDECREF(envelope);
-    Py_XDECREF(decisions);
+    Py_XDECREF(event.id);
+    Py_XDECREF(event.created_at);
+    Py_XDECREF(batches);
     Py_XDECREF(caller_user_id);
     return result;
 }

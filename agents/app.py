@@ -150,6 +150,8 @@ def create_app(
                 )
             # Lets responses to POSTs, commits and the other agents run.
             await time_slice.pause_if_due()
+        # The funnel counts of the extension reach the stats once per batch.
+        router.settle()
         for message in packer.pack(result.batches):
             pending.append(
                 await queue.send(

@@ -13,6 +13,7 @@ Input ids at the destination are derived from the collector and the event (see
 from __future__ import annotations
 
 import hashlib
+import struct
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -101,7 +102,11 @@ class Router:
     """
 
     def __init__(
-        self, max_event_bytes: int, stats: WorkerStats, native: bool | None = None
+        self,
+        max_event_bytes: int,
+        stats: WorkerStats,
+        native: bool | None = None,
+        defer_counts: bool = False,
     ) -> None:
         self.max_event_bytes = max_event_bytes
         self.stats = stats
@@ -111,8 +116,14 @@ class Router:
                 " `pip install -e .` with a C compiler, or use the Python stage one"
             )
         self.native = native_available() if native is None else native
+        # With deferred counts, the extension's counts reach `stats` only when
+        # `settle` is called (the route agent does after each batch); otherwise
+        # after every event.
+        self.defer_counts = defer_counts
         self._plans_of: ConfigSnapshot | None = None
         self._plans: dict[str, tuple[tuple[Any, ...], ...]] = {}
+        # The plans whose P_COUNTS the extension has added to since `settle`.
+        self._touched: list[tuple[Any, ...]] = []
 
     def route(
         self, value: bytes | None, snapshot: ConfigSnapshot, result: RouteResult
@@ -136,8 +147,18 @@ class Router:
             # path below, which decides on every event.
             if value and len(value) <= min(self.max_event_bytes, RAW_EVENT_MAX_BYTES):
                 assert _stage_one is not None
-                raw_decided = _stage_one.route_event(value, self._plans)
-                if raw_decided is not None and self._apply_raw(raw_decided, result):
+                raw = _stage_one.route_event(value, self._plans, self._touched)
+                if raw is not None:
+                    count, skipped_status, unwatched, batches = raw
+                    totals["outputs_in"] += count
+                    if skipped_status:
+                        totals["outputs_skipped_status"] += skipped_status
+                    if unwatched:
+                        totals["outputs_unwatched"] += unwatched
+                    for key, items in batches:
+                        result.batches[key].extend(items)
+                    if not self.defer_counts:
+                        self.settle()
                     return
 
         event = self._decode(value, result)
@@ -162,52 +183,32 @@ class Router:
                 if _caller_matches(view, caller_user_id):
                     self._sample(view, event, candidates, result)
 
-    def _apply_raw(self, decided: tuple[Any, ...], result: RouteResult) -> bool:
-        """Count and enqueue what the extension decided for one raw event. Return
-        False, with nothing counted, when the envelope is invalid, so that the
-        orjson path dead-letters the event with pydantic's reason."""
-        (event_id, created_at, caller, count), counts, decisions = decided
-        try:
-            event = PredictionEvent.model_validate(
-                {
-                    "id": event_id,
-                    "created_at": created_at,
-                    "caller": caller,
-                    "outputs": [None] * count,
-                }
-            )
-        except ValidationError:
-            return False
-
-        skipped_status, unwatched = counts
-        totals = self.stats.totals
-        totals["outputs_in"] += count
-        if skipped_status:
-            totals["outputs_skipped_status"] += skipped_status
-        if unwatched:
-            totals["outputs_unwatched"] += unwatched
-        created_at_s = event.created_at.timestamp()
-        for plan, matched, dropped_sample, dropped_rule, survivors in decisions:
+    def settle(self) -> None:
+        """Add the counts that the extension keeps in the plans to the funnels and
+        rule drops of `stats`, as `_count` does, and reset them."""
+        touched = self._touched
+        if not touched:
+            return
+        funnels = self.stats.funnel
+        rule_drops = self.stats.rule_drops
+        for plan in touched:
+            counts = plan[_PLAN_COUNTS]
+            matched, dropped_sample, dropped_rule, enqueued = _COUNTS.unpack(counts)
+            counts[:] = _ZERO_COUNTS
             view: CollectorView = plan[0]
-            if not self._count(plan, matched, dropped_sample, dropped_rule, survivors):
+            funnel = funnels[view.key]
+            funnel["matched"] += matched
+            if view.broken_reason:
+                funnel["dropped_pre_queue"] += matched
                 continue
-
-            batch = result.batches[view.key]
-            collect_outputs = view.record.collect_outputs
-            # The same items as `queue_item` makes.
-            for input_document, input_id, data, top_concept in survivors:
-                item: dict[str, Any] = {
-                    "id": destination_input_id(view.key, event.id, input_id),
-                    "event_id": event.id,
-                    "created_at": created_at_s,
-                    "input": input_document,
-                }
-                if collect_outputs:
-                    item["output_data"] = data
-                if top_concept is not None:
-                    item["top_concept"] = top_concept
-                batch.append(item)
-        return True
+            if dropped_sample:
+                funnel["dropped_random_sample"] += dropped_sample
+            if dropped_rule:
+                rule_drops[(view.key, plan[_PLAN_NODE_ID])] += dropped_rule
+                funnel["dropped_pre_queue"] += dropped_rule
+            if enqueued:
+                funnel["enqueued"] += enqueued
+        touched.clear()
 
     def _apply(
         self,
@@ -519,6 +520,11 @@ def _candidate(output: Any, fields: OutputFields | None = None) -> _Candidate:
 _RULE_CODES = {"max-probability-below": 1, "min-probability-above": 2}
 _THRESHOLDER = 3
 _PLAN_NODE_ID = 14
+_PLAN_COUNTS = 19
+# A plan's counts (C_* in agents/_stage_one.c): matched, dropped by the sample,
+# dropped by the rule and enqueued, as native int64.
+_COUNTS = struct.Struct("=4q")
+_ZERO_COUNTS = bytes(_COUNTS.size)
 
 
 def _plan(view: CollectorView) -> tuple[Any, ...]:
@@ -536,7 +542,11 @@ def _plan(view: CollectorView) -> tuple[Any, ...]:
     - the rule code, threshold, comparator code and thresholds of its one-node
       workflow, and that node's id;
     - the thresholds again, as pairs of the concept id in UTF-8 and the
-      threshold, which raw events are compared with.
+      threshold, which raw events are compared with;
+    - the collector's key, and the same in UTF-8 with a slash, which starts
+      the seed of its destination input ids;
+    - whether it collects outputs;
+    - its counts: a bytearray that route_event adds to until `Router.settle`.
     """
     record = view.record
     workflow = view.pre_queue
@@ -576,4 +586,8 @@ def _plan(view: CollectorView) -> tuple[Any, ...]:
         thresholds,
         step[0] if step else "",
         tuple((key.encode(), value) for key, value in (thresholds or {}).items()),
+        view.key,
+        view.key.encode() + b"/",
+        bool(record.collect_outputs),
+        bytearray(_COUNTS.size),
     )

@@ -61,7 +61,7 @@ def build_worker_app(settings: Settings) -> faust.App:
             " Python; `pip install -e .` with a C compiler builds it"
         )
     logger.info("stage one runs in %s", "C" if native else "Python")
-    router = Router(settings.max_event_bytes, stats, native=native)
+    router = Router(settings.max_event_bytes, stats, native=native, defer_counts=True)
     app = create_app(settings, cache, router, deliverer, stats)
     add_web_views(app, cache, stats)
     return app

@@ -726,6 +726,8 @@ spec.loader.exec_module(_stage_one)
 
 SOURCE = "owner/models/classifier"
 PLAN = ast.literal_eval(sys.argv[2])
+# The counts travel as bytes, as a bytearray is no literal.
+PLAN = (*PLAN[:-1], bytearray(PLAN[-1]))
 
 
 def output(input_id):
@@ -761,7 +763,7 @@ def route(outputs, plans):
                 "caller": {"user_id": "caller-1"},
                 "outputs": outputs,
             }
-            _stage_one.route_event(json.dumps(event).encode(), plans)
+            _stage_one.route_event(json.dumps(event).encode(), plans, [])
     except Exception as error:
         print(type(error).__name__)
     else:
@@ -773,7 +775,7 @@ def sample_plan_literal() -> str:
     """Return the plan of a collector that samples half of its inputs, with its
     view replaced by a str so that the plan is a Python literal."""
     plan = _plan(view("sample", pre_queue_random_sample=0.5))
-    return repr(("view", *plan[1:]))
+    return repr(("view", *plan[1:-1], bytes(plan[-1])))
 
 
 def run_in_subprocess(
@@ -840,6 +842,10 @@ MALFORMED_PLANS: list[tuple[str, str, tuple[str, ...]]] = [
         thresholder_plans("13: {'cat': 0}, 15: ((b'cat', 0),)"),
         BOTH,
     ),
+    ("key None", "{SOURCE: (with_fields({16: None}),)}", BOTH),
+    ("key prefix str", "{SOURCE: (with_fields({17: 'k/'}),)}", BOTH),
+    ("counts bytes", "{SOURCE: (with_fields({19: bytes(32)}),)}", BOTH),
+    ("counts too short", "{SOURCE: (with_fields({19: bytearray(31)}),)}", BOTH),
     (
         "pairs None",
         thresholder_plans("13: {'cat': 0.5}, 15: None"),

@@ -11,6 +11,7 @@ import copy
 import hashlib
 import json
 import os
+from datetime import datetime
 from types import MappingProxyType
 from typing import Any
 
@@ -180,14 +181,17 @@ def plans_of(snapshot: ConfigSnapshot) -> dict[str, tuple[Any, ...]]:
 
 def route_both(
     values: list[bytes], snapshot: ConfigSnapshot
-) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+) -> tuple[tuple[Any, ...], tuple[Any, ...], tuple[Any, ...]]:
+    """Return what the Python router, the native one and the native one with
+    deferred counts (settled once, at the end) produce."""
     outcomes = []
-    for native in (False, True):
+    for native, defer_counts in ((False, False), (True, False), (True, True)):
         stats = WorkerStats()
-        router = Router(1_000_000, stats, native=native)
+        router = Router(1_000_000, stats, native=native, defer_counts=defer_counts)
         result = RouteResult()
         for value in values:
             router.route(value, snapshot, result)
+        router.settle()
         outcomes.append(
             (
                 list(result.batches.items()),
@@ -197,14 +201,17 @@ def route_both(
                 +stats.rule_drops,
             )
         )
-    return outcomes[0], outcomes[1]
+    return outcomes[0], outcomes[1], outcomes[2]
 
 
 def assert_same(values: list[bytes], snapshot: ConfigSnapshot) -> tuple[Any, ...]:
-    python, native = route_both(values, snapshot)
+    python, native, deferred = route_both(values, snapshot)
     names = ("batches", "dead letters", "totals", "funnels", "rule drops")
-    for name, expected, actual in zip(names, python, native, strict=True):
+    for name, expected, actual, settled in zip(
+        names, python, native, deferred, strict=True
+    ):
         assert actual == expected, f"{name} differ"
+        assert settled == expected, f"{name} differ with deferred counts"
     return native
 
 
@@ -264,7 +271,7 @@ def test_every_collector_kind_routes_alike(caller: str, python_decides: bool) ->
     batches, _, totals, funnels, rule_drops = assert_same(values, snapshot)
     # The comparison means something only if the events reached every path.
     raw_results = [
-        _stage_one.route_event(value, plans_of(snapshot)) for value in values
+        _stage_one.route_event(value, plans_of(snapshot), []) for value in values
     ]
     if python_decides:
         assert {"owner/dataset/remote", "owner/dataset/sticky"} <= dict(batches).keys()
@@ -606,6 +613,23 @@ GOOD_OUTPUT = orjson.dumps(output("in-1", concepts=[("cat", 0.6), ("dog", 0.3)])
 GOOD_CALLER = b'"caller":{"user_id":"caller-1"}'
 
 
+def with_envelope(
+    event_id: bytes | str,
+    created_at: bytes = b'"2026-12-04T10:00:00Z"',
+    caller: bytes = b'{"user_id":"caller-1"}',
+) -> bytes:
+    """Return an event of GOOD_OUTPUT with the given id, creation time and caller,
+    each as JSON text."""
+    if isinstance(event_id, str):
+        event_id = event_id.encode()
+    return (
+        (b'{"id":' + event_id + b',"created_at":' + created_at + b',"caller":' + caller)
+        + b',"outputs":['
+        + GOOD_OUTPUT
+        + b"]}"
+    )
+
+
 def with_output_edit(old: bytes, new: bytes) -> bytes:
     """Return a raw event of one output, GOOD_OUTPUT with `old` replaced."""
     return raw_event(
@@ -667,8 +691,65 @@ def with_output_edit(old: bytes, new: bytes) -> bytes:
             b"cat", b"c\xffa"
         ),
         b"[" + GOOD_OUTPUT + b"]",
+        *(
+            with_envelope(b'"e1"', created_at)
+            for created_at in (
+                b'"2026-12-04T10:00:00.5Z"',
+                b'"2026-12-04T10:00:00.123456Z"',
+                b'"2026-12-04T10:00:00.1234567Z"',
+                b'"2026-12-04T10:00:00.Z"',
+                b'"2026-12-04T10:00:00+00:00"',
+                b'"2026-12-04T10:00:00+01:00"',
+                b'"2026-12-04T10:00:00"',
+                b'"2026-12-04t10:00:00z"',
+                b'"2026-12-04 10:00:00Z"',
+                b'"2024-02-29T23:59:59.999999Z"',
+                b'"2025-02-29T10:00:00Z"',
+                b'"2026-04-31T10:00:00Z"',
+                b'"2026-12-04T24:00:00Z"',
+                b'"2026-12-04T10:60:00Z"',
+                b'"2026-12-04T10:00:60Z"',
+                b'"1969-12-31T23:59:59.5Z"',
+                b'"1970-01-01T00:00:00Z"',
+                b'"2199-12-31T23:59:59.999999Z"',
+                b'"2200-01-01T00:00:00Z"',
+                b'"2026-12-04T10:00:00\\u005a"',
+            )
+        ),
+        with_envelope(b'"' + b"e" * 256 + b'"'),
+        with_envelope(b'"' + b"e" * 257 + b'"'),
+        with_envelope('"' + "\u00e9" * 256 + '"'),
+        with_envelope('"' + "\u00e9" * 257 + '"'),
+        with_envelope(b'""'),
+        with_envelope(b'"e\\u0031"'),
+        with_envelope(b'"e1"', caller=b'{"user_id":"caller-1","app_id":7}'),
+        with_envelope(b'"e1"', caller=b'{"user_id":"caller-1","app_id":null}'),
+        with_envelope(b'"e1"', caller=b'{"user_id":"caller-1","app_id":"a"}'),
+        with_envelope(b'"e1"', caller=b'{"user_id":"caller-1","\\u0061pp_id":7}'),
     ],
 )
 @pytest.mark.parametrize("python_decides", [True, False])
 def test_raw_event_edge_cases_route_alike(value: bytes, python_decides: bool) -> None:
     assert_same([value], every_kind_of_collector(python_decides))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    moment=st.datetimes(
+        min_value=datetime(1969, 12, 1), max_value=datetime(2200, 2, 1)
+    ),
+    fraction_digits=st.integers(min_value=0, max_value=7),
+    suffix=st.sampled_from(["Z", "+00:00"]),
+)
+def test_raw_event_creation_times_match_pydantic(
+    moment: datetime, fraction_digits: int, suffix: str
+) -> None:
+    # The extension reads the UTC times of 1970 to 2199 itself; the queue items'
+    # created_at must be what PredictionEvent.created_at.timestamp() gives.
+    text = moment.strftime("%Y-%m-%dT%H:%M:%S")
+    if fraction_digits:
+        text += (
+            "." + f"{moment.microsecond:06d}{moment.microsecond % 10}"[:fraction_digits]
+        )
+    created_at = f'"{text}{suffix}"'.encode()
+    assert_same([with_envelope(b'"e1"', created_at)], every_kind_of_collector(False))
