@@ -30,6 +30,9 @@
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 #define SUCCESS_CODE 10000
 #define MAX_METADATA_DEPTH 64
@@ -898,13 +901,15 @@ enum { J_NULL, J_FALSE, J_TRUE, J_INT, J_FLOAT, J_STRING, J_ARRAY, J_OBJECT };
 /* A parsed JSON value. Containers list their children through `first` and each
  * child's `next`. An object's children alternate key and value. */
 typedef struct {
-    int type;
-    int escaped;     /* a string with backslash escapes */
-    Py_ssize_t next; /* the next sibling, or -1 */
-    Py_ssize_t first;
-    Py_ssize_t count; /* elements, or members of an object */
+    int32_t type;
+    int32_t escaped; /* a string with backslash escapes */
+    /* Node indexes, counts and lengths fit in 32 bits: an event has at most
+     * RAW_EVENT_MAX_BYTES (1 MiB, routing.py), so at most about 2**25 nodes. */
+    int32_t next; /* the next sibling, or -1 */
+    int32_t first;
+    int32_t count; /* elements, or members of an object */
+    int32_t length;
     const char *start; /* a string's content, or a number's text */
-    Py_ssize_t length;
     long long integer;
     double number;
 } JNode;
@@ -923,6 +928,13 @@ typedef struct {
 static int valid_utf8(const unsigned char *data, Py_ssize_t length) {
     Py_ssize_t i = 0;
     while (i < length) {
+#ifdef __SSE2__
+        /* Sixteen ASCII bytes at a time. */
+        while (i + 16 <= length &&
+               _mm_movemask_epi8(_mm_loadu_si128((const __m128i *)(data + i))) == 0)
+            i += 16;
+        if (i >= length) break;
+#endif
         /* Eight ASCII bytes at a time. */
         if (i + 8 <= length) {
             uint64_t word;
@@ -1033,6 +1045,25 @@ static Py_ssize_t parse_string(Parser *parser) {
     const char *start = parser->at;
     int escaped = 0;
     while (parser->at < parser->end) {
+#ifdef __SSE2__
+        /* Skips plain content 16 bytes at a time, to the first stop byte. */
+        const __m128i quote = _mm_set1_epi8('"'), backslash = _mm_set1_epi8('\\'),
+                      control_max = _mm_set1_epi8(0x1F);
+        while (parser->end - parser->at >= 16) {
+            __m128i chunk = _mm_loadu_si128((const __m128i *)parser->at);
+            /* max(c, 0x1F) == 0x1F exactly when c is a control character */
+            __m128i stops = _mm_or_si128(
+                _mm_or_si128(_mm_cmpeq_epi8(chunk, quote), _mm_cmpeq_epi8(chunk, backslash)),
+                _mm_cmpeq_epi8(_mm_max_epu8(chunk, control_max), control_max));
+            int mask = _mm_movemask_epi8(stops);
+            if (mask != 0) {
+                parser->at += __builtin_ctz((unsigned)mask);
+                break;
+            }
+            parser->at += 16;
+        }
+        if (parser->at >= parser->end) break;
+#endif
         unsigned char c = (unsigned char)*parser->at;
         if (!STRING_STOPS[c]) {
             parser->at++;
@@ -1272,6 +1303,8 @@ static Py_ssize_t parse_document(Parser *parser, const char *data, Py_ssize_t le
     spare_capacity = 0;
     parser->used = 0;
     parser->depth = 0;
+    /* Nodes keep lengths and indexes in 32 bits (see JNode). */
+    if (length >= INT32_MAX) return -1;
     if (!valid_utf8((const unsigned char *)data, length)) return -1;
     Py_ssize_t root = parse_value(parser);
     if (root < 0) return -1;
