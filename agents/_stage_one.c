@@ -903,8 +903,8 @@ enum { J_NULL, J_FALSE, J_TRUE, J_INT, J_FLOAT, J_STRING, J_ARRAY, J_OBJECT };
 typedef struct {
     int32_t type;
     int32_t escaped; /* a string with backslash escapes */
-    /* Node indexes, counts and lengths fit in 32 bits: an event has at most
-     * RAW_EVENT_MAX_BYTES (1 MiB, routing.py), so at most about 2**25 nodes. */
+    /* Node indexes, counts and lengths fit in 32 bits, because each node takes
+     * at least a byte and parse_document rejects documents of 2**31 - 1 bytes. */
     int32_t next; /* the next sibling, or -1 */
     int32_t first;
     int32_t count; /* elements, or members of an object */
