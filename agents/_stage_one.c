@@ -1332,6 +1332,37 @@ static Py_ssize_t member(Parser *parser, Py_ssize_t object, const char *key,
 #define MEMBER(parser, object, literal) \
     member((parser), (object), (literal), sizeof(literal) - 1)
 
+/* Looks up several keys in one pass over an object's members, as `member` does
+ * for each: found[i] gets the index of the last member named keys[i], or -1.
+ * Returns 0, or -2 when a key has escapes. */
+typedef struct {
+    const char *text;
+    int32_t length;
+} Key;
+
+#define KEY(literal) {(literal), (int32_t)sizeof(literal) - 1}
+
+static int members(Parser *parser, Py_ssize_t object, const Key *keys, int count,
+                   Py_ssize_t *found) {
+    for (int i = 0; i < count; i++) found[i] = -1;
+    for (Py_ssize_t k = parser->nodes[object].first; k >= 0;) {
+        JNode *name = &parser->nodes[k];
+        if (name->escaped) return -2;
+        Py_ssize_t value = name->next;
+        for (int i = 0; i < count; i++) {
+            if (keys[i].length != name->length) continue;
+            int32_t j = 0;
+            while (j < name->length && keys[i].text[j] == name->start[j]) j++;
+            if (j == name->length) {
+                found[i] = value;
+                break;
+            }
+        }
+        k = parser->nodes[value].next;
+    }
+    return 0;
+}
+
 /* Decodes a string node into a new str. */
 static PyObject *string_object(Parser *parser, Py_ssize_t index) {
     JNode *node = &parser->nodes[index];
@@ -1555,6 +1586,26 @@ static int raw_plain_input_data(Parser *parser, Py_ssize_t data) {
     return has_content;
 }
 
+/* Whether a concept is exactly {"id": ..., "name": ..., "value": ...}, the form
+ * that predictions have, and if so sets found[] to its three values, as
+ * `members` would. */
+static int concept_in_order(Parser *parser, Py_ssize_t concept, Py_ssize_t found[3]) {
+    JNode *nodes = parser->nodes;
+    if (nodes[concept].count != 3) return 0;
+    JNode *id = &nodes[nodes[concept].first];
+    JNode *name = &nodes[nodes[id->next].next];
+    JNode *value = &nodes[nodes[name->next].next];
+    /* The lengths are constants, so that the compiler inlines the comparisons. */
+    if (id->escaped || id->length != 2 || memcmp(id->start, "id", 2) != 0 ||
+        name->escaped || name->length != 4 || memcmp(name->start, "name", 4) != 0 ||
+        value->escaped || value->length != 5 || memcmp(value->start, "value", 5) != 0)
+        return 0;
+    found[0] = id->next;
+    found[1] = name->next;
+    found[2] = value->next;
+    return 1;
+}
+
 /* Checks an output's data and its concepts. On the way it notes, in fields that
  * object nodes leave unused, what every plan's rule and the survivor look up
  * again: the data's `integer` is its concepts node (-1 when absent), and each
@@ -1572,11 +1623,14 @@ static int raw_plain_concepts(Parser *parser, Py_ssize_t data) {
         if (parser->nodes[k].type != J_OBJECT) return 0;
         const char *text;
         Py_ssize_t length;
-        Py_ssize_t id = MEMBER(parser, k, "id");
+        Py_ssize_t found[3];
+        if (!concept_in_order(parser, k, found)) {
+            static const Key concept_keys[] = {KEY("id"), KEY("name"), KEY("value")};
+            if (members(parser, k, concept_keys, 3, found) < 0) return 0;
+        }
+        Py_ssize_t id = found[0], name = found[1], value = found[2];
         if (!plain_string(parser, id, 0, &text, &length) || length == 0) return 0;
-        Py_ssize_t name = MEMBER(parser, k, "name");
         if (!plain_string(parser, name, 1, &text, &length)) return 0;
-        Py_ssize_t value = MEMBER(parser, k, "value");
         if (value < 0) return 0;
         JNode *number = &parser->nodes[value];
         double as_double;
@@ -1611,23 +1665,29 @@ static int is_ascii_space(unsigned char c) {
 static int raw_check(Parser *parser, Py_ssize_t output, RawCandidate *candidate,
                      RawCandidate *previous) {
     if (parser->nodes[output].type != J_OBJECT) return 0;
-    Py_ssize_t output_id = MEMBER(parser, output, "id");
-    if (output_id == -2) return 0;
+    static const Key output_keys[] = {KEY("id"), KEY("model"), KEY("input"), KEY("data"),
+                                      KEY("status")};
+    Py_ssize_t fields[5];
+    if (members(parser, output, output_keys, 5, fields) < 0) return 0;
+    Py_ssize_t output_id = fields[0], model = fields[1], input = fields[2],
+               data = fields[3], status = fields[4];
     if (output_id >= 0 && parser->nodes[output_id].type != J_STRING) return 0;
 
-    Py_ssize_t model = MEMBER(parser, output, "model");
     if (model < 0 || parser->nodes[model].type != J_OBJECT) return 0;
-    if (!plain_string(parser, MEMBER(parser, model, "id"), 0, &candidate->model,
+    static const Key model_keys[] = {KEY("id"), KEY("user_id"), KEY("app_id"),
+                                     KEY("model_version")};
+    Py_ssize_t model_fields[4];
+    if (members(parser, model, model_keys, 4, model_fields) < 0) return 0;
+    if (!plain_string(parser, model_fields[0], 0, &candidate->model,
                       &candidate->model_length) ||
-        !plain_string(parser, MEMBER(parser, model, "user_id"), 0, &candidate->user,
+        !plain_string(parser, model_fields[1], 0, &candidate->user,
                       &candidate->user_length) ||
-        !plain_string(parser, MEMBER(parser, model, "app_id"), 0, &candidate->app,
+        !plain_string(parser, model_fields[2], 0, &candidate->app,
                       &candidate->app_length))
         return 0;
     if (!candidate->model_length || !candidate->user_length || !candidate->app_length)
         return 0;
-    Py_ssize_t version = MEMBER(parser, model, "model_version");
-    if (version == -2) return 0;
+    Py_ssize_t version = model_fields[3];
     candidate->version = "";
     candidate->version_length = 0;
     if (version >= 0 && parser->nodes[version].type != J_NULL) {
@@ -1637,7 +1697,6 @@ static int raw_check(Parser *parser, Py_ssize_t output, RawCandidate *candidate,
             return 0;
     }
 
-    Py_ssize_t input = MEMBER(parser, output, "input");
     if (input < 0 || parser->nodes[input].type != J_OBJECT) return 0;
     if (!plain_string(parser, MEMBER(parser, input, "id"), 0, &candidate->input_id,
                       &candidate->input_id_length))
@@ -1659,13 +1718,9 @@ static int raw_check(Parser *parser, Py_ssize_t output, RawCandidate *candidate,
     Py_ssize_t input_data = MEMBER(parser, input, "data");
     if (!raw_plain_input_data(parser, input_data)) return 0;
 
-    Py_ssize_t data = MEMBER(parser, output, "data");
-    if (data == -2) return 0;
     if (data >= 0 && !raw_plain_concepts(parser, data)) return 0;
 
     int failed = 0;
-    Py_ssize_t status = MEMBER(parser, output, "status");
-    if (status == -2) return 0;
     if (status >= 0) {
         if (parser->nodes[status].type != J_OBJECT) return 0;
         Py_ssize_t code = MEMBER(parser, status, "code");

@@ -681,6 +681,25 @@ def with_output_edit(old: bytes, new: bytes) -> bytes:
             b'"metadata":{}', b'"metadata":' + b'{"a":' * 70 + b"1" + b"}" * 71
         ),
         with_output_edit(b'"value":0.6', b'"value":6e-1'),
+        with_output_edit(
+            b'{"id":"cat","name":"cat","value":0.6}',
+            b'{"value":0.6,"id":"cat","name":"cat"}',
+        ),
+        with_output_edit(
+            b'{"id":"cat","name":"cat","value":0.6}',
+            b'{"id":"cat","id":"cow","value":0.6}',
+        ),
+        with_output_edit(
+            b'{"id":"cat","name":"cat","value":0.6}',
+            b'{"id":"cat","name":"cat","value":0.6,"value":0.9}',
+        ),
+        with_output_edit(
+            b'{"id":"cat","name":"cat","value":0.6}',
+            b'{"id":"cat","nam\\u0065":"cat","value":0.6}',
+        ),
+        with_output_edit(
+            b'{"id":"cat","name":"cat","value":0.6}', b'{"id":"cat","value":0.6}'
+        ),
         with_output_edit(b'"value":0.6', b'"value":1'),
         with_output_edit(b'"code":10000', b'"code":10000.0'),
         raw_event(GOOD_CALLER + b',"outputs":[' + GOOD_OUTPUT + b"]").replace(
