@@ -11,6 +11,9 @@ producer's buffer is over its limit or the conductor is rebuilding its index.
 `LeanConsumer` checks those first: when none holds, nothing can interrupt the
 hand-over and it is awaited directly. Otherwise the message goes through
 `wait_first` as before, so a rebalance still drops a hand-over that is waiting.
+When the partition's one reader is a stream with a `RawSchema`, as the worker's
+agents are, the consumer goes further and puts the event in the stream's queue
+itself, as the conductor's callback would, without a coroutine per message.
 
 It also fetches again soon after a stream's buffer pauses partitions, where
 Faust's fetch waits up to a second (`LeanConsumer._fetch_wait_s`).
@@ -30,6 +33,8 @@ import faust
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types import TP, Message
+
+from agents.lean_streams import RawSchema
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +118,59 @@ class LeanConsumer(aiokafka_driver.Consumer):
 
         return cannot_block
 
+    def _direct_hand_over(self) -> Callable[[Any, Message], bool]:
+        """Return a function that hands a message to the one channel that reads its
+        partition, as the conductor's callback would, without awaiting anything.
+
+        It returns False, having done nothing, when the partition has no channel
+        or several, or when the channel's schema is not a `RawSchema`. The
+        message then goes through the conductor. Call it only for a partition
+        whose hand-over cannot block (see `_hand_over_cannot_block`), because it
+        skips the conductor's waits for flow control and the producer's buffer.
+        """
+        app = self.app
+        conductor = cast(Any, app.topics)
+        channels_of = conductor._tp_index.get
+        event_type = app.conf.Event
+        topic_buffer_full = app.sensors.on_topic_buffer_full
+        on_buffer_full = self.on_buffer_full
+        on_buffer_drop = self.on_buffer_drop
+        # Partition -> its channel, with the pressure callbacks that the queue
+        # keeps by identity, so they are made once per partition.
+        routes: dict[TP, tuple[Any, Callable[[], None], Callable[[], None]]] = {}
+
+        def hand_over(tp: Any, message: Message) -> bool:
+            channels = channels_of(tp)
+            if not channels or len(channels) != 1:
+                return False
+            (channel,) = channels
+            route = routes.get(tp)
+            if route is None or route[0] is not channel:
+                if not isinstance(channel.schema, RawSchema):
+                    return False
+                # The callbacks need Faust's TP: the fetched partition is an
+                # aiokafka TopicPartition (equal, but of another type), which
+                # Faust's sets of partitions reject.
+                faust_tp = TP(tp.topic, tp.partition)
+
+                def on_pressure_high() -> None:
+                    topic_buffer_full(faust_tp)
+                    on_buffer_full(faust_tp)
+
+                def on_pressure_drop() -> None:
+                    on_buffer_drop(faust_tp)
+
+                route = routes[faust_tp] = (channel, on_pressure_high, on_pressure_drop)
+            message.incref(1)
+            key, value, headers = message.key, message.value, message.headers
+            event = event_type(app, key, value, headers, message)
+            channel.queue.put_nowait_enhanced(
+                event, on_pressure_high=route[1], on_pressure_drop=route[2]
+            )
+            return True
+
+        return hand_over
+
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover
         # Faust's Fetcher service runs this until the consumer or the fetcher
         # stops. It does what faust.transport.consumer.Consumer._drain_messages
@@ -122,6 +180,7 @@ class LeanConsumer(aiokafka_driver.Consumer):
         commit_every = self._commit_every
         acks_enabled_for = self.app.topics.acks_enabled_for
         cannot_block = self._hand_over_cannot_block()
+        hand_over_directly = self._direct_hand_over()
         consumer_stopped = self._stopped.is_set
         fetcher_stopped = fetcher._stopped.is_set
         since_yield = 0
@@ -151,7 +210,9 @@ class LeanConsumer(aiokafka_driver.Consumer):
                     if commit_every is not None and self._n_acked >= commit_every:
                         self._n_acked = 0
                         await self.commit()
-                    await self._hand_over(callback, message, cannot_block(tp))
+                    free = cannot_block(tp)
+                    if not (free and hand_over_directly(tp, message)):
+                        await self._hand_over(callback, message, free)
                     read_offsets[tp] = offset
                 self.diag.unset_flag(CONSUMER_FETCHING)
         except self.consumer_stopped_errors:

@@ -8,8 +8,9 @@ import asyncio
 
 import faust
 import pytest
+from aiokafka import TopicPartition
 from faust.transport.drivers.aiokafka import Consumer as FaustConsumer
-from faust.types import TP
+from faust.types import TP, Message
 
 from agents.consumer import (
     FETCH_WAIT_S,
@@ -17,6 +18,7 @@ from agents.consumer import (
     LeanConsumer,
     use_lean_consumer,
 )
+from agents.lean_streams import RawSchema
 from agents.worker import build_worker_app
 from app.settings import Settings
 from tests.fault_fixtures import Scenario, assert_alive
@@ -66,6 +68,69 @@ async def test_direct_hand_over_conditions() -> None:
     assert cannot_block(tp) is False
     queue.get_nowait()
     assert cannot_block(tp) is True
+
+
+def fetched_message(offset: int) -> Message:
+    """Return a message as the fetcher makes it, whose partition is aiokafka's
+    TopicPartition rather than Faust's TP."""
+    tp = TopicPartition("lean-direct", 0)
+    return Message(
+        "lean-direct", 0, offset, 0, 0, [], b"k", b"v%d" % offset, None, 1, 2, tp
+    )
+
+
+async def test_direct_hand_over_pauses_faust_partitions() -> None:
+    app = faust.App(
+        "lean-direct", broker="kafka://127.0.0.1:1", stream_buffer_maxsize=4
+    )
+    use_lean_consumer(app)
+    consumer = app.consumer
+    assert isinstance(consumer, LeanConsumer)
+    tp = TP("lean-direct", 0)
+    consumer._set_active_tps({tp})
+    channel = app.topic("lean-direct", schema=RawSchema())
+    app.topics._tp_index[tp].add(channel)
+    hand_over = consumer._direct_hand_over()
+    fetched = TopicPartition("lean-direct", 0)
+
+    messages = [fetched_message(offset) for offset in range(4)]
+    for message in messages:
+        assert hand_over(fetched, message) is True
+    # The queue reached its high-pressure mark, so the partition is paused,
+    # under Faust's TP.
+    assert consumer._buffered_partitions == {tp}
+    assert all(type(buffered) is TP for buffered in consumer._buffered_partitions)
+    assert tp not in consumer._get_active_partitions()
+
+    events = [channel.queue.get_nowait() for _ in messages]
+    assert [event.message for event in events] == messages
+    assert [event.value for event in events] == [b"v0", b"v1", b"v2", b"v3"]
+    assert all(message.refcount == 1 for message in messages)
+    # Emptying the queue resumed the partition.
+    assert consumer._buffered_partitions == set()
+    assert all(type(active) is TP for active in consumer._get_active_partitions())
+    assert tp in consumer._get_active_partitions()
+
+
+async def test_direct_hand_over_declines_other_readers() -> None:
+    app = faust.App("lean-direct", broker="kafka://127.0.0.1:1")
+    use_lean_consumer(app)
+    consumer = app.consumer
+    assert isinstance(consumer, LeanConsumer)
+    tp = TP("lean-direct", 0)
+    hand_over = consumer._direct_hand_over()
+    message = fetched_message(0)
+    # No channel reads the partition.
+    assert hand_over(tp, message) is False
+    # A channel whose schema decodes values.
+    decoding = app.topic("lean-direct", value_serializer="json")
+    app.topics._tp_index[tp].add(decoding)
+    assert hand_over(tp, message) is False
+    # Two channels: the conductor hands the message to both.
+    app.topics._tp_index[tp].add(app.topic("lean-direct", schema=RawSchema()))
+    assert hand_over(tp, message) is False
+    assert message.refcount == 0
+    assert decoding.queue.empty()
 
 
 def assigned_consumer(
