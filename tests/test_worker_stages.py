@@ -48,7 +48,9 @@ def test_freeze_heap_hides_objects_from_gc() -> None:
     try:
         frozen = freeze_heap()
         assert frozen >= len(long_lived)
-        assert gc.get_freeze_count() == frozen
+        # A frozen object that another thread releases leaves the permanent
+        # generation, so the count can only fall after the freeze.
+        assert len(long_lived) <= gc.get_freeze_count() <= frozen
         # Collections no longer see frozen objects.
         assert not any(item is long_lived[0] for item in gc.get_objects())
     finally:
