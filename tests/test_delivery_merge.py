@@ -43,17 +43,22 @@ class App:
         return grouped
 
 
+def read_post(handler: JsonHandler) -> tuple[str, list[str]]:
+    """Return the app id in a POST /inputs request's path and the ids of its inputs."""
+    body = json.loads(handler.rfile.read(int(handler.headers["Content-Length"])))
+    return handler.path.split("/")[5], [item["id"] for item in body["inputs"]]
+
+
 @pytest.fixture
 def app_server() -> Iterator[tuple[str, App]]:
     app = App()
 
     class Handler(JsonHandler):
         def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            ids = [item["id"] for item in body["inputs"]]
+            app_id, ids = read_post(self)
             with app.lock:
                 app.requests.append((self.path, self.headers["Authorization"], ids))
-            if self.path.split("/")[5] in app.failing:
+            if app_id in app.failing:
                 self.send_json(503, {"status": {"code": 10020}})
                 return
             if any(input_id.startswith("bad") for input_id in ids):

@@ -9,7 +9,6 @@ one collector's trouble does not fail or delay the others.
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -24,7 +23,7 @@ from app.config_cache import CollectorView
 from app.destination import MAX_INPUTS_PER_REQUEST, Destination
 from app.models import COLLECTOR_INACTIVE, CollectorRecord
 from tests.harness import JsonHandler, serve_http, wait_for
-from tests.test_delivery_merge import items, snapshot_of
+from tests.test_delivery_merge import items, read_post, snapshot_of
 
 SUCCESS = 10000
 MIXED_STATUS = 10010
@@ -70,9 +69,7 @@ def apps() -> Iterator[tuple[str, FakeApps]]:
 
     class Handler(JsonHandler):
         def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            ids = [item["id"] for item in body["inputs"]]
-            app_id = self.path.split("/")[5]
+            app_id, ids = read_post(self)
             with fake.lock:
                 index = len(fake.requests)
                 fake.requests.append(
