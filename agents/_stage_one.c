@@ -904,7 +904,8 @@ typedef struct {
     int32_t type;
     int32_t escaped; /* a string with backslash escapes */
     /* Node indexes, counts and lengths fit in 32 bits, because each node takes
-     * at least a byte and parse_document rejects documents of 2**31 - 1 bytes. */
+     * at least a byte and parse_document rejects documents of 2**31 - 1 bytes or
+     * more. */
     int32_t next; /* the next sibling, or -1 */
     int32_t first;
     int32_t count; /* elements, or members of an object */
@@ -1051,7 +1052,7 @@ static Py_ssize_t parse_string(Parser *parser) {
                       control_max = _mm_set1_epi8(0x1F);
         while (parser->end - parser->at >= 16) {
             __m128i chunk = _mm_loadu_si128((const __m128i *)parser->at);
-            /* max(c, 0x1F) == 0x1F exactly when c is a control character */
+            /* max(c, 0x1F) equals 0x1F exactly when c is a control character. */
             __m128i stops = _mm_or_si128(
                 _mm_or_si128(_mm_cmpeq_epi8(chunk, quote), _mm_cmpeq_epi8(chunk, backslash)),
                 _mm_cmpeq_epi8(_mm_max_epu8(chunk, control_max), control_max));
@@ -2029,6 +2030,7 @@ static int64_t days_from_civil(int64_t year, int month, int day) {
  * for any other text, which pydantic then reads (or rejects). */
 static int utc_timestamp(const char *text, Py_ssize_t length, double *seconds) {
     int year, month, day, hour, minute, second, micro = 0;
+
     if (length < 20 || text[4] != '-' || text[7] != '-' || text[10] != 'T' ||
         text[13] != ':' || text[16] != ':')
         return 0;
@@ -2036,6 +2038,7 @@ static int utc_timestamp(const char *text, Py_ssize_t length, double *seconds) {
         !digits(text + 8, 2, &day) || !digits(text + 11, 2, &hour) ||
         !digits(text + 14, 2, &minute) || !digits(text + 17, 2, &second))
         return 0;
+
     Py_ssize_t at = 19;
     if (text[at] == '.') {
         int fraction_digits = 0;
@@ -2051,12 +2054,14 @@ static int utc_timestamp(const char *text, Py_ssize_t length, double *seconds) {
     if (!((length - at == 1 && text[at] == 'Z') ||
           (length - at == 6 && memcmp(text + at, "+00:00", 6) == 0)))
         return 0;
+
     static const int month_days[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
     if (year < 1970 || year > 2199 || month < 1 || month > 12 || hour > 23 ||
         minute > 59 || second > 59 || day < 1)
         return 0;
     int leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
     if (day > month_days[month - 1] + (month == 2 && leap)) return 0;
+
     int64_t whole = days_from_civil(year, month, day) * 86400 + hour * 3600 +
                     minute * 60 + second;
     *seconds = (double)(whole * 1000000 + micro) / 1e6;
@@ -2161,8 +2166,8 @@ static PyObject *py_route_event(PyObject *self, PyObject *args) {
         PyObject *views = group_plans[g];
         for (Py_ssize_t v = 0; v < PyTuple_GET_SIZE(views); v++) {
             PyObject *plan = PyTuple_GET_ITEM(views, v);
-            if (caller_matches(plan, caller_user_id) &&
-                PyTuple_GET_ITEM(plan, P_PYTHON) == Py_True)
+            if (PyTuple_GET_ITEM(plan, P_PYTHON) == Py_True &&
+                caller_matches(plan, caller_user_id))
                 goto fall_back;
         }
     }

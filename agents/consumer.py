@@ -124,9 +124,9 @@ class LeanConsumer(aiokafka_driver.Consumer):
 
         It returns False, having done nothing, when the partition has no channel
         or several, or when the channel's schema is not a `RawSchema`. The
-        message then goes through the conductor. Call it only for a partition
-        whose hand-over cannot block (see `_hand_over_cannot_block`), because it
-        skips the conductor's waits for flow control and the producer's buffer.
+        message then goes through the conductor. It skips the conductor's waits
+        for flow control and the producer's buffer, so `_drain_messages` calls it
+        only when `_hand_over_cannot_block` holds for the partition.
         """
         app = self.app
         conductor = cast(Any, app.topics)

@@ -117,8 +117,8 @@ class Router:
             )
         self.native = native_available() if native is None else native
         # With deferred counts, the extension's counts reach `stats` only when
-        # `settle` is called (the route agent does after each batch); otherwise
-        # after every event.
+        # `settle` is called, which the route agent does after each batch.
+        # Without them, they reach it after every event.
         self.defer_counts = defer_counts
         self._plans_of: ConfigSnapshot | None = None
         self._plans: dict[str, tuple[tuple[Any, ...], ...]] = {}

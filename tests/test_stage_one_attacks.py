@@ -726,7 +726,7 @@ spec.loader.exec_module(_stage_one)
 
 SOURCE = "owner/models/classifier"
 PLAN = ast.literal_eval(sys.argv[2])
-# The counts travel as bytes, as a bytearray is no literal.
+# The counts travel as bytes, because ast.literal_eval cannot read a bytearray.
 PLAN = (*PLAN[:-1], bytearray(PLAN[-1]))
 
 

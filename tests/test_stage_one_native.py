@@ -763,7 +763,7 @@ def test_raw_event_edge_cases_route_alike(value: bytes, python_decides: bool) ->
 def test_raw_event_creation_times_match_pydantic(
     moment: datetime, fraction_digits: int, suffix: str
 ) -> None:
-    # The extension reads the UTC times of 1970 to 2199 itself; the queue items'
+    # The extension reads the UTC times of 1970 to 2199 itself. The queue items'
     # created_at must be what PredictionEvent.created_at.timestamp() gives.
     text = moment.strftime("%Y-%m-%dT%H:%M:%S")
     if fraction_digits:
