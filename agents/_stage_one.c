@@ -910,7 +910,8 @@ typedef struct {
     int32_t first;
     int32_t count; /* elements, or members of an object */
     int32_t length;
-    const char *start; /* a string's content, or a number's text */
+    const char *start; /* a string's content, a number's text, or a container's text from its
+                        * opening bracket to its closing one (`length` bytes) */
     long long integer;
     double number;
 } JNode;
@@ -978,34 +979,41 @@ static int valid_utf8(const unsigned char *data, Py_ssize_t length) {
     return 1;
 }
 
-static Py_ssize_t new_node(Parser *parser, int type) {
-    if (parser->used == parser->capacity) {
-        Py_ssize_t capacity = parser->capacity ? parser->capacity * 2 : 256;
-        JNode *nodes = PyMem_Realloc(parser->nodes, (size_t)capacity * sizeof(JNode));
-        if (nodes == NULL) {
-            PyErr_NoMemory();
-            return -1;
-        }
-        parser->nodes = nodes;
-        parser->capacity = capacity;
+static int grow_nodes(Parser *parser) {
+    Py_ssize_t capacity = parser->capacity ? parser->capacity * 2 : 256;
+    JNode *nodes = PyMem_Realloc(parser->nodes, (size_t)capacity * sizeof(JNode));
+    if (nodes == NULL) {
+        PyErr_NoMemory();
+        return -1;
     }
+    parser->nodes = nodes;
+    parser->capacity = capacity;
+    return 0;
+}
+
+/* Appends a node for a value that starts at `start` and returns its index. */
+static inline Py_ssize_t new_node(Parser *parser, int type, const char *start) {
+    if (parser->used == parser->capacity && grow_nodes(parser) < 0) return -1;
     JNode *node = &parser->nodes[parser->used];
     node->type = type;
     node->escaped = 0;
     node->next = -1;
     node->first = -1;
     node->count = 0;
-    node->start = parser->at;
     node->length = 0;
+    node->start = start;
     return parser->used++;
 }
 
-static void skip_space(Parser *parser) {
-    while (parser->at < parser->end) {
-        char c = *parser->at;
-        if (c != ' ' && c != '\n' && c != '\r' && c != '\t') return;
-        parser->at++;
+static inline void skip_space(Parser *parser) {
+    const char *at = parser->at, *end = parser->end;
+    /* Compact JSON has no space at all: one test settles it. */
+    while (at < end && (unsigned char)*at <= ' ') {
+        char c = *at;
+        if (c != ' ' && c != '\n' && c != '\r' && c != '\t') break;
+        at++;
     }
+    parser->at = at;
 }
 
 static int hex_value(char c) {
@@ -1039,68 +1047,62 @@ static void init_string_stops(void) {
     STRING_STOPS['\\'] = 1;
 }
 
+/* Parses the string whose opening quote is at parser->at. */
 static Py_ssize_t parse_string(Parser *parser) {
-    parser->at++; /* the opening quote */
-    Py_ssize_t index = new_node(parser, J_STRING);
-    if (index < 0) return -1;
-    const char *start = parser->at;
+    const char *at = parser->at + 1, *end = parser->end;
+    const char *start = at;
     int escaped = 0;
-    while (parser->at < parser->end) {
+    for (;;) {
 #ifdef __SSE2__
         /* Skips plain content 16 bytes at a time, to the first stop byte. */
         const __m128i quote = _mm_set1_epi8('"'), backslash = _mm_set1_epi8('\\'),
                       control_max = _mm_set1_epi8(0x1F);
-        while (parser->end - parser->at >= 16) {
-            __m128i chunk = _mm_loadu_si128((const __m128i *)parser->at);
+        while (end - at >= 16) {
+            __m128i chunk = _mm_loadu_si128((const __m128i *)at);
             /* max(c, 0x1F) equals 0x1F exactly when c is a control character. */
             __m128i stops = _mm_or_si128(
                 _mm_or_si128(_mm_cmpeq_epi8(chunk, quote), _mm_cmpeq_epi8(chunk, backslash)),
                 _mm_cmpeq_epi8(_mm_max_epu8(chunk, control_max), control_max));
             int mask = _mm_movemask_epi8(stops);
             if (mask != 0) {
-                parser->at += __builtin_ctz((unsigned)mask);
-                break;
+                at += __builtin_ctz((unsigned)mask);
+                goto stop;
             }
-            parser->at += 16;
+            at += 16;
         }
-        if (parser->at >= parser->end) break;
 #endif
-        unsigned char c = (unsigned char)*parser->at;
-        if (!STRING_STOPS[c]) {
-            parser->at++;
-            continue;
-        }
-        if (c == '"') {
-            JNode *node = &parser->nodes[index];
-            node->start = start;
-            node->length = parser->at - start;
-            node->escaped = escaped;
-            parser->at++;
-            return index;
-        }
-        if (c < 0x20) return -1;
-        if (c != '\\') {
-            parser->at++;
-            continue;
-        }
+        while (at < end && !STRING_STOPS[(unsigned char)*at]) at++;
+        if (at >= end) return -1;
+#ifdef __SSE2__
+    stop:
+#endif
+        if (*at == '"') break;
+        if ((unsigned char)*at < 0x20) return -1;
+        /* A backslash. */
         escaped = 1;
-        if (parser->end - parser->at < 2) return -1;
-        char kind = parser->at[1];
-        if (strchr("\"\\/bfnrt", kind) != NULL && kind != '\0') {
-            parser->at += 2;
+        if (end - at < 2) return -1;
+        char kind = at[1];
+        if (kind != '\0' && strchr("\"\\/bfnrt", kind) != NULL) {
+            at += 2;
             continue;
         }
-        long code = read_u_escape(parser->at, parser->end);
+        long code = read_u_escape(at, end);
         if (code < 0 || (code >= 0xDC00 && code <= 0xDFFF)) return -1;
         if (code >= 0xD800 && code <= 0xDBFF) {
-            long low = read_u_escape(parser->at + 6, parser->end);
+            long low = read_u_escape(at + 6, end);
             if (low < 0xDC00 || low > 0xDFFF) return -1;
-            parser->at += 12;
+            at += 12;
         } else {
-            parser->at += 6;
+            at += 6;
         }
     }
-    return -1;
+    Py_ssize_t index = new_node(parser, J_STRING, start);
+    if (index < 0) return -1;
+    JNode *node = &parser->nodes[index];
+    node->length = (int32_t)(at - start);
+    node->escaped = escaped;
+    parser->at = at + 1;
+    return index;
 }
 
 static const double POWERS_OF_TEN[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
@@ -1154,10 +1156,9 @@ static Py_ssize_t parse_number(Parser *parser) {
             at++;
         }
     }
-    Py_ssize_t index = new_node(parser, is_float ? J_FLOAT : J_INT);
+    Py_ssize_t index = new_node(parser, is_float ? J_FLOAT : J_INT, start);
     if (index < 0) return -1;
     JNode *node = &parser->nodes[index];
-    node->start = start;
     node->length = at - start;
     parser->at = at;
 
@@ -1197,22 +1198,24 @@ static Py_ssize_t parse_literal(Parser *parser, const char *word, int type) {
     if ((size_t)(parser->end - parser->at) < length ||
         memcmp(parser->at, word, length) != 0)
         return -1;
-    Py_ssize_t index = new_node(parser, type);
+    Py_ssize_t index = new_node(parser, type, parser->at);
     parser->at += length;
     return index;
 }
 
 static Py_ssize_t parse_container(Parser *parser, int type) {
     if (++parser->depth > MAX_DEPTH) return -1;
-    parser->at++;
-    Py_ssize_t index = new_node(parser, type);
+    const char *open = parser->at;
+    Py_ssize_t index = new_node(parser, type, open);
     if (index < 0) return -1;
+    parser->at++;
     char closing = type == J_OBJECT ? '}' : ']';
     Py_ssize_t last = -1, count = 0;
 
     skip_space(parser);
     if (parser->at < parser->end && *parser->at == closing) {
         parser->at++;
+        parser->nodes[index].length = (int32_t)(parser->at - open);
         parser->depth--;
         return index;
     }
@@ -1254,7 +1257,8 @@ static Py_ssize_t parse_container(Parser *parser, int type) {
         parser->at++;
         break;
     }
-    parser->nodes[index].count = count;
+    parser->nodes[index].count = (int32_t)count;
+    parser->nodes[index].length = (int32_t)(parser->at - open);
     parser->depth--;
     return index;
 }
