@@ -34,6 +34,7 @@ import faust
 import orjson
 from faust.types import EventT, StreamT
 
+from agents.backlog import Backlog, DeliveryWindow
 from agents.consumer import use_lean_consumer
 from agents.dead_letters import DeadLetterWriter
 from agents.delivery import Deliverer, FailedDelivery
@@ -129,11 +130,14 @@ def create_app(
     dead_letters = DeadLetterWriter(dlq)
     packer = QueuePacker(settings.internal_partitions, settings.queue_batch_max_bytes)
 
+    backlog = Backlog(app, settings.input_topic)
+
     async def route(stream: StreamT[bytes]) -> None:
         await cache.wait_ready()
         async for events in take_batches(
             stream, settings.route_batch_max, settings.batch_within_s
         ):
+            backlog.note_taken(events)
             await _run_until_durable(events, _route_batch, dead_letters)
 
     async def _route_batch(events: Sequence[EventT]) -> None:
@@ -164,11 +168,22 @@ def create_app(
             stats.totals["queue_messages_out"] += 1
         await asyncio.gather(*pending)
 
+    # Stage two waits longer for its batches while this worker's stage one reads
+    # a backlog (agents/backlog.py).
+    delivery_window = DeliveryWindow(
+        backlog if "route" in settings.stages else None,
+        settings.batch_within_s,
+        settings.deliver_window_behind_s,
+        behind_records=settings.route_batch_max,
+    )
+
     async def deliver(stream: StreamT[bytes]) -> None:
         await cache.wait_ready()
         async for events in take_batches(
-            stream, settings.deliver_batch_max, settings.batch_within_s
+            stream, settings.deliver_batch_max, delivery_window
         ):
+            if delivery_window.behind:
+                stats.totals["delivery_batches_widened"] += 1
             await _run_until_durable(events, _deliver_batch, dead_letters)
 
     async def _deliver_batch(events: Sequence[EventT]) -> None:
@@ -319,6 +334,7 @@ def create_app(
         log_summary_line(stats, await observability.lag.refresh())
 
     app.conf.collectors_stats = stats  # type: ignore[attr-defined]  # read by web views
+    app.conf.collectors_delivery_window = delivery_window  # type: ignore[attr-defined]
     app.conf.collectors_observability = observability  # read by web views
     return app
 

@@ -44,10 +44,12 @@ class RawSchema(faust.Schema):
 
 
 async def take_batches(
-    stream: StreamT, max_events: int, within_s: float
+    stream: StreamT, max_events: int, within_s: float | Callable[[], float]
 ) -> AsyncIterator[list[EventT]]:
     """Yield lists of at most `max_events` events of `stream`, each once it is full
     or at the end of the `within_s` window in which its first event arrived.
+    `within_s` may be a function, called for each batch when its first event
+    arrives.
 
     A list's events are acked when the body that received it ends normally. After
     an exception or a cancellation they stay unacked, so their offsets are not
@@ -72,11 +74,12 @@ async def take_batches(
         try:
             started = loop.time()
             received: list[EventT] = [await get()]
+            window_s = within_s() if callable(within_s) else within_s
             # Windows follow each other from when the wait began, as in
             # take_events, so an event that finds the agent idle waits half a
             # window on average instead of a whole one.
             now = loop.time()
-            deadline = now + within_s - (now - started) % within_s
+            deadline = now + window_s - (now - started) % window_s
             while len(received) < max_events:
                 if not empty():
                     received.append(get_nowait())

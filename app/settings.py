@@ -112,6 +112,13 @@ class Settings(BaseSettings):
     batch_within_s: float = Field(
         0.02, validation_alias="COLLECTORS_BATCH_WITHIN_S", gt=0
     )
+    # Stage two's window while stage one, in the same worker, is behind by more
+    # than COLLECTORS_ROUTE_BATCH_MAX events (agents/backlog.py). Fuller requests
+    # then leave more of the worker's time to stage one. Set it to the window
+    # above to turn this off.
+    deliver_window_behind_s: float = Field(
+        0.25, validation_alias="COLLECTORS_DELIVER_WINDOW_BEHIND_S", gt=0
+    )
     # The worker's event loop: "uvloop" (when installed) or "asyncio". The
     # benchmark measured no difference between them beyond its noise.
     event_loop: str = Field("uvloop", validation_alias="COLLECTORS_EVENT_LOOP")

@@ -93,6 +93,32 @@ async def test_take_batches_window_ends_partial_batch() -> None:
     await batches.aclose()
 
 
+async def test_take_batches_asks_window_function_before_each_batch() -> None:
+    app = _app("lean-streams-window-function")
+    windows = iter([0.3, 0.01, 0.01])
+    asked = []
+
+    def window() -> float:
+        asked.append(True)
+        return next(windows)
+
+    topic = app.topic(TOPIC, schema=RawSchema())
+    batches = take_batches(app.stream(topic), 10, window)
+    first = asyncio.ensure_future(anext(batches))
+    await asyncio.sleep(0.01)
+    (channel,) = list(app.topics)
+    started = time.monotonic()
+    await _put(app, channel, range(2))
+    # The first window is 0.3 s: the batch waits for more events until it ends.
+    assert [e.message.offset for e in await first] == [0, 1]
+    assert time.monotonic() - started >= 0.2
+    assert len(asked) == 1
+    await _put(app, channel, range(2, 3))
+    assert [e.message.offset for e in await anext(batches)] == [2]
+    assert len(asked) == 2
+    await batches.aclose()
+
+
 async def test_take_batches_acks_after_body() -> None:
     app = _app("lean-streams-acks")
     batches, first, channel = await _started(app, max_events=3, within_s=0.05)

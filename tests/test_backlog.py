@@ -1,0 +1,91 @@
+"""Stage two's window while stage one reads a backlog (agents/backlog.py).
+
+The unit tests drive `DeliveryWindow` with a backlog of fixed size. The worker
+tests use the shared broker: a worker that starts on a backlog waits the longer
+window for some delivery batches and still posts every input once, and one that
+keeps up with a slow stream never does.
+"""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from agents.backlog import DeliveryWindow
+from tests.fault_fixtures import Scenario
+
+WIDENED = 'collectors_worker_events_total{result="delivery_batches_widened"}'
+
+
+class FixedBacklog:
+    def __init__(self, records: int) -> None:
+        self.value = records
+
+    def records(self) -> int:
+        return self.value
+
+
+@pytest.mark.parametrize(
+    ("records", "expected_s", "behind"),
+    [(0, 0.02, False), (500, 0.02, False), (501, 0.25, True)],
+)
+def test_window_widens_above_threshold(
+    records: int, expected_s: float, behind: bool
+) -> None:
+    window = DeliveryWindow(FixedBacklog(records), 0.02, 0.25, behind_records=500)
+    assert window() == expected_s
+    assert window.behind is behind
+
+
+def test_window_shortens_after_catching_up() -> None:
+    backlog = FixedBacklog(501)
+    window = DeliveryWindow(backlog, 0.02, 0.25, behind_records=500)
+    assert window() == 0.25
+    backlog.value = 3
+    assert window() == 0.02
+    assert not window.behind
+
+
+def test_window_without_route_stage() -> None:
+    window = DeliveryWindow(None, 0.02, 0.25, behind_records=0)
+    assert window() == 0.02
+    assert not window.behind
+
+
+def test_window_never_below_usual_window() -> None:
+    window = DeliveryWindow(FixedBacklog(10_000), 0.1, 0.05, behind_records=0)
+    assert window() == 0.1
+
+
+async def widened_batches(web_port: int) -> float:
+    """Return the worker's count of delivery batches that waited the longer
+    window, from its /metrics (0 before the first one)."""
+    async with httpx.AsyncClient(timeout=5.0) as client:
+        response = await client.get(f"http://127.0.0.1:{web_port}/metrics")
+    for line in response.text.splitlines():
+        if line.startswith(WIDENED + " "):
+            return float(line.split()[1])
+    return 0.0
+
+
+@pytest.mark.slow
+async def test_worker_backlog_widens_batches(scenario: Scenario) -> None:
+    await scenario.create_topics()
+    await scenario.add_collectors()
+    # 3,000 events before any worker runs, and a threshold of 20 events. finish()
+    # checks that every input reached the destination once.
+    publisher = scenario.publisher(count=3000, rate=100_000).start()
+    await publisher.wait()
+    worker = scenario.worker("a", COLLECTORS_ROUTE_BATCH_MAX="20").start()
+    await scenario.finish("backlog", publisher, [worker], deadline_s=240.0)
+    assert await widened_batches(scenario.web_port(worker)) > 0
+
+
+@pytest.mark.slow
+async def test_worker_keeping_up_short_window(scenario: Scenario) -> None:
+    await scenario.create_topics()
+    await scenario.add_collectors()
+    worker = scenario.worker("a").start()
+    publisher = scenario.publisher(count=200, rate=40).start()
+    await scenario.finish("slow stream", publisher, [worker])
+    assert await widened_batches(scenario.web_port(worker)) == 0
