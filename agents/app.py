@@ -175,6 +175,7 @@ def create_app(
         settings.batch_within_s,
         settings.deliver_window_behind_s,
         behind_records=settings.route_batch_max,
+        request_counts=deliverer.request_counts,
     )
 
     async def deliver(stream: StreamT[bytes]) -> None:

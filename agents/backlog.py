@@ -7,14 +7,15 @@ When stage one reads a backlog, it queues its survivors in a steady stream, and
 stage two's short window turns them into many small requests (in the benchmark,
 four inputs per request over 250 apps). Those requests then take the CPU that
 stage one needs to catch up. While stage one is behind, its survivors are late
-anyway, so stage two waits longer for each batch and posts fuller requests.
+anyway, so stage two waits longer for each batch and posts fuller requests, as
+long as its requests are small.
 When stage one has caught up, the short window is back and latency is as before.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from faust.types import EventT
@@ -65,9 +66,21 @@ class Backlog:
         return total
 
 
+# Requests that carry fewer inputs than this on average, an eighth of the 128
+# that a request may carry, are small enough that a longer window pays.
+SMALL_REQUEST_INPUTS = 16
+
+
 class DeliveryWindow:
     """The time stage two waits to fill a batch: `within_s`, or `behind_s` while
-    stage one's backlog exceeds `behind_records`."""
+    stage one's backlog exceeds `behind_records` and stage two's requests are
+    small.
+
+    `request_counts` returns the requests that stage two has sent and the inputs
+    that they carried, both counted since the worker started. When requests are
+    full already, as when most predictions survive, a longer window would only
+    leave stage two idle.
+    """
 
     def __init__(
         self,
@@ -75,23 +88,41 @@ class DeliveryWindow:
         within_s: float,
         behind_s: float,
         behind_records: int,
+        request_counts: Callable[[], tuple[int, int]] | None = None,
     ) -> None:
         self._backlog = backlog
+        self._request_counts = request_counts
         self.within_s = within_s
         self.behind_s = max(within_s, behind_s)
         self.behind_records = behind_records
         # Whether the last window returned was the longer one.
         self.behind = False
+        # Whether the requests sent since the previous call averaged fewer than
+        # SMALL_REQUEST_INPUTS inputs (assumed until the first requests).
+        self.small_requests = True
+        self._counted = (0, 0)
 
     def __call__(self) -> float:
         if self._backlog is None or self.behind_s == self.within_s:
             return self.within_s
-        behind = self._backlog.records() > self.behind_records
+        self._update_request_size()
+        behind = self.small_requests and self._backlog.records() > self.behind_records
         if behind != self.behind:
             self.behind = behind
             logger.debug(
-                "stage one %s; delivery batches wait up to %.3f s",
-                "is behind" if behind else "has caught up",
+                "delivery batches wait up to %.3f s (stage one behind and requests "
+                "small: %s)",
                 self.behind_s if behind else self.within_s,
+                behind,
             )
         return self.behind_s if behind else self.within_s
+
+    def _update_request_size(self) -> None:
+        if self._request_counts is None:
+            return
+        requests, inputs = self._request_counts()
+        new_requests = requests - self._counted[0]
+        new_inputs = inputs - self._counted[1]
+        self._counted = (requests, inputs)
+        if new_requests > 0:
+            self.small_requests = new_inputs < SMALL_REQUEST_INPUTS * new_requests

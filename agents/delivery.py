@@ -80,6 +80,13 @@ class Deliverer:
         self.destination = destination
         self.stats = stats
         self.call_remote_model = call_remote_model
+        # Requests started and the inputs in them, since the worker started.
+        self.requests_started = 0
+        self.inputs_requested = 0
+
+    def request_counts(self) -> tuple[int, int]:
+        """Return the requests started since the worker started, and their inputs."""
+        return self.requests_started, self.inputs_requested
 
     async def deliver(
         self, batches: Mapping[str, Sequence[dict[str, Any]]], snapshot: ConfigSnapshot
@@ -126,10 +133,10 @@ class Deliverer:
     async def _post_all(
         self, ready: Sequence[tuple[CollectorView, list[dict[str, Any]]]]
     ) -> list[FailedDelivery]:
-        posts = [
-            self._post_entries(chunk, self.inline_give_up_s)
-            for chunk in self._requests(ready)
-        ]
+        chunks = self._requests(ready)
+        self.requests_started += len(chunks)
+        self.inputs_requested += sum(map(len, chunks))
+        posts = [self._post_entries(chunk, self.inline_give_up_s) for chunk in chunks]
         return [
             failure
             for post_failures in await asyncio.gather(*posts)

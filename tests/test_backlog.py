@@ -11,7 +11,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from agents.backlog import DeliveryWindow
+from agents.backlog import SMALL_REQUEST_INPUTS, DeliveryWindow
 from tests.fault_fixtures import Scenario
 
 WIDENED = 'collectors_worker_events_total{result="delivery_batches_widened"}'
@@ -44,6 +44,32 @@ def test_window_shortens_after_catching_up() -> None:
     backlog.value = 3
     assert window() == 0.02
     assert not window.behind
+
+
+def test_window_short_when_requests_full() -> None:
+    counts = (10, 10 * SMALL_REQUEST_INPUTS)
+    window = DeliveryWindow(
+        FixedBacklog(10_000), 0.02, 0.25, 500, request_counts=lambda: counts
+    )
+    assert window() == 0.02
+    assert not window.small_requests
+
+
+def test_window_follows_request_size() -> None:
+    counts = (0, 0)
+    window = DeliveryWindow(
+        FixedBacklog(10_000), 0.02, 0.25, 500, request_counts=lambda: counts
+    )
+    # No request yet: they are taken to be small.
+    assert window() == 0.25
+    counts = (10, 10 * SMALL_REQUEST_INPUTS - 1)
+    assert window() == 0.25
+    counts = (20, 30 * SMALL_REQUEST_INPUTS)
+    assert window() == 0.02
+    # No request since the last batch: the last size holds.
+    assert window() == 0.02
+    counts = (30, 30 * SMALL_REQUEST_INPUTS + 40)
+    assert window() == 0.25
 
 
 def test_window_without_route_stage() -> None:
