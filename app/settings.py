@@ -113,9 +113,8 @@ class Settings(BaseSettings):
         0.02, validation_alias="COLLECTORS_BATCH_WITHIN_S", gt=0
     )
     # Stage two's window while stage one, in the same worker, is behind by more
-    # than COLLECTORS_ROUTE_BATCH_MAX events (agents/backlog.py). Fuller requests
-    # then leave more of the worker's time to stage one. Set it to the window
-    # above to turn this off.
+    # than COLLECTORS_ROUTE_BATCH_MAX events and requests are small
+    # (agents/backlog.py). Set it to the window above to turn this off.
     deliver_window_behind_s: float = Field(
         0.25, validation_alias="COLLECTORS_DELIVER_WINDOW_BEHIND_S", gt=0
     )

@@ -1,9 +1,9 @@
 """Stage two's window while stage one reads a backlog (agents/backlog.py).
 
 The unit tests drive `DeliveryWindow` with a backlog of fixed size. The worker
-tests use the shared broker: a worker that starts on a backlog waits the longer
-window for some delivery batches and still posts every input once, and one that
-keeps up with a slow stream never does.
+tests use the shared broker. A worker that starts on a backlog widens some
+delivery batches and still posts every input once, also when it is killed
+during them. A worker that keeps up with a slow stream never widens a batch.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import httpx
 import pytest
 
 from agents.backlog import SMALL_REQUEST_INPUTS, DeliveryWindow
-from tests.fault_fixtures import Scenario
+from tests.fault_fixtures import Scenario, assert_alive
+from tests.harness import wait_for
 
 WIDENED = 'collectors_worker_events_total{result="delivery_batches_widened"}'
 
@@ -66,7 +67,7 @@ def test_window_follows_request_size() -> None:
     assert window() == 0.25
     counts = (20, 30 * SMALL_REQUEST_INPUTS)
     assert window() == 0.02
-    # No request since the last batch: the last size holds.
+    # No request since the last batch: the last size still applies.
     assert window() == 0.02
     counts = (30, 30 * SMALL_REQUEST_INPUTS + 40)
     assert window() == 0.25
@@ -115,3 +116,27 @@ async def test_worker_keeping_up_short_window(scenario: Scenario) -> None:
     publisher = scenario.publisher(count=200, rate=40).start()
     await scenario.finish("slow stream", publisher, [worker])
     assert await widened_batches(scenario.web_port(worker)) == 0
+
+
+@pytest.mark.slow
+async def test_worker_killed_during_widened_batches(scenario: Scenario) -> None:
+    await scenario.create_topics()
+    await scenario.add_collectors()
+    publisher = scenario.publisher(count=20_000, rate=100_000).start()
+    await publisher.wait()
+    worker = scenario.worker("a", COLLECTORS_ROUTE_BATCH_MAX="20").start()
+    port = scenario.web_port(worker)
+
+    async def widened() -> bool:
+        assert_alive(worker)
+        try:
+            return await widened_batches(port) > 0
+        except httpx.ConnectError:  # the web server has not started yet
+            return False
+
+    # SIGKILL while a widened batch may be held, unacked, then a restart on the
+    # rest of the backlog: finish() checks that no input is lost or duplicated.
+    await wait_for(widened, "a widened delivery batch")
+    worker.kill()
+    worker.start()
+    await scenario.finish("killed on a backlog", publisher, [worker], deadline_s=240.0)

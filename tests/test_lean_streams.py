@@ -93,7 +93,7 @@ async def test_take_batches_window_ends_partial_batch() -> None:
     await batches.aclose()
 
 
-async def test_take_batches_asks_window_function_before_each_batch() -> None:
+async def test_take_batches_calls_window_function() -> None:
     app = _app("lean-streams-window-function")
     windows = iter([0.3, 0.01, 0.01])
     asked = []
