@@ -335,7 +335,6 @@ def create_app(
         log_summary_line(stats, await observability.lag.refresh())
 
     app.conf.collectors_stats = stats  # type: ignore[attr-defined]  # read by web views
-    app.conf.collectors_delivery_window = delivery_window  # type: ignore[attr-defined]
     app.conf.collectors_observability = observability  # read by web views
     return app
 

@@ -50,9 +50,13 @@ class Backlog:
         a partition that has no batch taken since it was assigned."""
         consumer = self._app.consumer
         try:
-            assigned = [tp for tp in consumer.assignment() if tp.topic == self._topic]
+            assigned = {tp for tp in consumer.assignment() if tp.topic == self._topic}
         except Exception:  # the consumer has not started, or is rebalancing
             return 0
+        # Forgets revoked partitions, so that one assigned again later does not
+        # count from the offset taken before.
+        for tp in [tp for tp in self._last_taken if tp not in assigned]:
+            del self._last_taken[tp]
         total = 0
         for tp in assigned:
             last_taken = self._last_taken.get(tp)

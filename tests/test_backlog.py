@@ -1,6 +1,7 @@
 """Stage two's window while stage one reads a backlog (agents/backlog.py).
 
-The unit tests drive `DeliveryWindow` with a backlog of fixed size. The worker
+The unit tests drive `Backlog` with a stand-in for the two consumer reads it
+makes, and `DeliveryWindow` with a backlog of fixed size. The worker
 tests use the shared broker. A worker that starts on a backlog widens some
 delivery batches and still posts every input once, also when it is killed
 during them. A worker that keeps up with a slow stream never widens a batch.
@@ -8,10 +9,14 @@ during them. A worker that keeps up with a slow stream never widens a batch.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+from typing import Any
+
 import httpx
 import pytest
+from faust.types import TP
 
-from agents.backlog import SMALL_REQUEST_INPUTS, DeliveryWindow
+from agents.backlog import SMALL_REQUEST_INPUTS, Backlog, DeliveryWindow
 from tests.fault_fixtures import Scenario, assert_alive
 from tests.harness import wait_for
 
@@ -24,6 +29,48 @@ class FixedBacklog:
 
     def records(self) -> int:
         return self.value
+
+
+class StubConsumer:
+    """The two reads that Backlog makes of Faust's consumer."""
+
+    def __init__(self, highwaters: dict[TP, int]) -> None:
+        self.highwaters = highwaters
+
+    def assignment(self) -> set[TP]:
+        return set(self.highwaters)
+
+    def highwater(self, tp: TP) -> int:
+        return self.highwaters[tp]
+
+
+def taken_event(tp: TP, offset: int) -> Any:
+    return SimpleNamespace(message=SimpleNamespace(tp=tp, offset=offset))
+
+
+def test_backlog_counts_after_last_taken() -> None:
+    first, second, other = TP("in", 0), TP("in", 1), TP("other", 0)
+    consumer = StubConsumer({first: 100, second: 50, other: 900})
+    backlog = Backlog(SimpleNamespace(consumer=consumer), "in")
+    # No batch taken yet: nothing is counted.
+    assert backlog.records() == 0
+    backlog.note_taken([taken_event(first, 10), taken_event(first, 19)])
+    assert backlog.records() == 80
+    backlog.note_taken([taken_event(second, 49)])
+    assert backlog.records() == 80
+
+
+def test_backlog_forgets_revoked_partition() -> None:
+    tp = TP("in", 0)
+    consumer = StubConsumer({tp: 100})
+    backlog = Backlog(SimpleNamespace(consumer=consumer), "in")
+    backlog.note_taken([taken_event(tp, 9)])
+    assert backlog.records() == 90
+    consumer.highwaters = {}
+    assert backlog.records() == 0
+    # Assigned again: no count until stage one takes a batch of it.
+    consumer.highwaters = {tp: 500}
+    assert backlog.records() == 0
 
 
 @pytest.mark.parametrize(
