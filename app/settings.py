@@ -114,9 +114,10 @@ class Settings(BaseSettings):
     )
     # Stage two's window while stage one, in the same worker, is behind by more
     # than COLLECTORS_ROUTE_BATCH_MAX events and requests are small
-    # (agents/backlog.py). Set it to the window above to turn this off.
+    # (agents/backlog.py). Set it to the window above to turn this off. At most
+    # 10 s, far below the stall check's default of 60 s.
     deliver_window_behind_s: float = Field(
-        0.25, validation_alias="COLLECTORS_DELIVER_WINDOW_BEHIND_S", gt=0
+        0.25, validation_alias="COLLECTORS_DELIVER_WINDOW_BEHIND_S", gt=0, le=10
     )
     # The worker's event loop: "uvloop" (when installed) or "asyncio". The
     # benchmark measured no difference between them beyond its noise.

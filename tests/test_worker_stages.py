@@ -90,9 +90,11 @@ def test_fetch_min_bytes_must_be_positive() -> None:
         ("COLLECTORS_BATCH_WITHIN_S", "-0.5"),
         ("COLLECTORS_ROUTE_BATCH_MAX", "0"),
         ("COLLECTORS_DELIVER_BATCH_MAX", "0"),
+        ("COLLECTORS_DELIVER_WINDOW_BEHIND_S", "0"),
+        ("COLLECTORS_DELIVER_WINDOW_BEHIND_S", "11"),
     ],
 )
-def test_batch_settings_must_be_positive(name: str, value: str) -> None:
+def test_batch_settings_out_of_range(name: str, value: str) -> None:
     with pytest.raises(ValidationError, match=name):
         Settings(**{name: value})
 
