@@ -1007,7 +1007,7 @@ static inline Py_ssize_t new_node(Parser *parser, int type, const char *start) {
 
 static inline void skip_space(Parser *parser) {
     const char *at = parser->at, *end = parser->end;
-    /* Compact JSON has no space at all: one test settles it. */
+    /* Compact JSON has no whitespace, so the first test usually ends the loop. */
     while (at < end && (unsigned char)*at <= ' ') {
         char c = *at;
         if (c != ' ' && c != '\n' && c != '\r' && c != '\t') break;

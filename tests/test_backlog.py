@@ -17,8 +17,8 @@ import pytest
 from faust.types import TP
 
 from agents.backlog import SMALL_REQUEST_INPUTS, Backlog, DeliveryWindow
-from tests.fault_fixtures import Scenario, assert_alive
-from tests.harness import wait_for
+from tests.fault_fixtures import Scenario, StreamPublisher, assert_alive
+from tests.harness import WorkerProcess, wait_for
 
 WIDENED = 'collectors_worker_events_total{result="delivery_batches_widened"}'
 
@@ -142,15 +142,23 @@ async def widened_batches(web_port: int) -> float:
     return 0.0
 
 
-@pytest.mark.slow
-async def test_worker_backlog_widens_batches(scenario: Scenario) -> None:
+async def start_on_backlog(
+    scenario: Scenario, events: int
+) -> tuple[StreamPublisher, WorkerProcess]:
+    """Publish `events` events before any worker runs, then start a worker whose
+    threshold is a backlog of 20 events."""
     await scenario.create_topics()
     await scenario.add_collectors()
-    # 3,000 events before any worker runs, and a threshold of 20 events. finish()
-    # checks that every input reached the destination once.
-    publisher = scenario.publisher(count=3000, rate=100_000).start()
+    publisher = scenario.publisher(count=events, rate=100_000).start()
     await publisher.wait()
     worker = scenario.worker("a", COLLECTORS_ROUTE_BATCH_MAX="20").start()
+    return publisher, worker
+
+
+@pytest.mark.slow
+async def test_worker_backlog_widens_batches(scenario: Scenario) -> None:
+    publisher, worker = await start_on_backlog(scenario, 3000)
+    # finish() checks that every input reached the destination once.
     await scenario.finish("backlog", publisher, [worker], deadline_s=240.0)
     assert await widened_batches(scenario.web_port(worker)) > 0
 
@@ -167,11 +175,7 @@ async def test_worker_keeping_up_short_window(scenario: Scenario) -> None:
 
 @pytest.mark.slow
 async def test_worker_killed_during_widened_batches(scenario: Scenario) -> None:
-    await scenario.create_topics()
-    await scenario.add_collectors()
-    publisher = scenario.publisher(count=20_000, rate=100_000).start()
-    await publisher.wait()
-    worker = scenario.worker("a", COLLECTORS_ROUTE_BATCH_MAX="20").start()
+    publisher, worker = await start_on_backlog(scenario, 20_000)
     port = scenario.web_port(worker)
 
     async def widened() -> bool:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import faust
@@ -50,7 +50,7 @@ def _message(app: faust.App, offset: int, generation: int | None = None) -> Any:
 
 
 async def _started(
-    app: faust.App, max_events: int, within_s: float
+    app: faust.App, max_events: int, within_s: float | Callable[[], float]
 ) -> tuple[AsyncIterator[list[EventT]], asyncio.Task, Any]:
     """Start take_batches on a stream of the topic, and return the generator,
     the task waiting for its first batch, and the channel it reads."""
@@ -96,26 +96,22 @@ async def test_take_batches_window_ends_partial_batch() -> None:
 async def test_take_batches_calls_window_function() -> None:
     app = _app("lean-streams-window-function")
     windows = iter([0.3, 0.01, 0.01])
-    asked = []
+    calls = []
 
     def window() -> float:
-        asked.append(True)
+        calls.append(True)
         return next(windows)
 
-    topic = app.topic(TOPIC, schema=RawSchema())
-    batches = take_batches(app.stream(topic), 10, window)
-    first = asyncio.ensure_future(anext(batches))
-    await asyncio.sleep(0.01)
-    (channel,) = list(app.topics)
+    batches, first, channel = await _started(app, max_events=10, within_s=window)
     started = time.monotonic()
     await _put(app, channel, range(2))
     # The first window is 0.3 s: the batch waits for more events until it ends.
     assert [e.message.offset for e in await first] == [0, 1]
     assert time.monotonic() - started >= 0.2
-    assert len(asked) == 1
+    assert len(calls) == 1
     await _put(app, channel, range(2, 3))
     assert [e.message.offset for e in await anext(batches)] == [2]
-    assert len(asked) == 2
+    assert len(calls) == 2
     await batches.aclose()
 
 
