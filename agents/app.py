@@ -35,7 +35,7 @@ import orjson
 from faust.types import EventT, StreamT
 
 from agents.backlog import Backlog, DeliveryWindow
-from agents.consumer import use_lean_consumer
+from agents.consumer import use_lean_consumer, use_seeking_consumer
 from agents.dead_letters import DeadLetterWriter
 from agents.delivery import Deliverer, FailedDelivery
 from agents.errors import INFRASTRUCTURE_ERRORS
@@ -111,6 +111,8 @@ def create_app(
     )
     if settings.consumer == "lean":
         use_lean_consumer(app)
+    else:
+        use_seeking_consumer(app)
     predictions = app.topic(
         settings.input_topic,
         schema=RawSchema(),

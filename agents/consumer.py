@@ -18,18 +18,23 @@ itself, as the conductor's callback would, without a coroutine per message.
 It also fetches again soon after a stream's buffer pauses partitions, where
 Faust's fetch waits up to a second (`LeanConsumer._fetch_wait_s`).
 
-Read offsets, gaps and commits are kept as Faust keeps them. `use_lean_consumer`
-installs the consumer on an app before anything has created one.
+Read offsets, gaps and commits are kept as Faust keeps them, with one change: a
+seek back to the committed offsets also moves a partition with no committed
+offset, or a committed offset of 0, back to its first record (`seek_to_committed`).
+`use_lean_consumer` installs the consumer on an app before anything has created
+one, and `use_seeking_consumer` installs Faust's own consumer with that change.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, cast
 
+import aiokafka
 import faust
+from aiokafka.errors import IllegalStateError
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types import TP, Message
@@ -46,7 +51,54 @@ FETCH_WAIT_S = 1.0
 PAUSED_FETCH_WAIT_S = 0.01
 
 
-class LeanConsumer(aiokafka_driver.Consumer):
+async def seek_to_committed(
+    consumer: aiokafka.AIOKafkaConsumer,
+) -> Mapping[aiokafka.TopicPartition, int | None]:
+    """Seek every assigned partition to its committed offset, and return those
+    offsets, with None for a partition that has none.
+
+    aiokafka's own `seek_to_committed` moves only the partitions whose committed
+    offset is above 0, and leaves the others where the fetcher got to. Faust
+    relies on this seek when a fetch returns after a rebalance stopped the flow:
+    it drops the records and seeks back to the committed offsets. In a partition
+    that nothing has committed yet, the dropped records were never read again, and
+    the next commit skipped them. The worker reads from the earliest offset when
+    none is committed, so such a partition goes back to its first record here.
+    """
+    committed: dict[
+        aiokafka.TopicPartition, int | None
+    ] = await consumer.seek_to_committed()
+    try:
+        for tp, offset in committed.items():
+            if offset == 0:
+                consumer.seek(tp, 0)
+        never_committed = [tp for tp, offset in committed.items() if offset is None]
+        if never_committed:
+            await consumer.seek_to_beginning(*never_committed)
+    except IllegalStateError as error:
+        # A rebalance took the partitions meanwhile. The next assignment starts
+        # them from their committed offsets.
+        logger.info("seek to the committed offsets stopped by a rebalance: %s", error)
+    return committed
+
+
+class SeekingConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
+    """Faust's thread around the aiokafka consumer, with `seek_to_committed`."""
+
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        committed = await self.call_thread(seek_to_committed, self._ensure_consumer())
+        return cast(Mapping[TP, int], committed)
+
+
+class SeekingConsumer(aiokafka_driver.Consumer):
+    """faust-streaming's aiokafka consumer whose seek back to the committed
+    offsets also moves partitions with no committed offset."""
+
+    def _new_consumer_thread(self) -> aiokafka_driver.AIOKafkaConsumerThread:
+        return SeekingConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class LeanConsumer(SeekingConsumer):
     """faust-streaming's aiokafka consumer with a cheaper hand-over per message."""
 
     _pressure_dropped: asyncio.Event | None = None
@@ -241,7 +293,17 @@ class LeanTransport(aiokafka_driver.Transport):
     Consumer = LeanConsumer
 
 
+class SeekingTransport(aiokafka_driver.Transport):
+    Consumer = SeekingConsumer
+
+
 def use_lean_consumer(app: faust.App) -> None:
     """Make `app` create a `LeanConsumer`. Call it before the app's consumer
     exists, that is, before the worker starts."""
     app.transport = LeanTransport(app.conf.broker_consumer, app)
+
+
+def use_seeking_consumer(app: faust.App) -> None:
+    """Make `app` create a `SeekingConsumer`: Faust's hand-over, with the seek of
+    `seek_to_committed`. Call it before the app's consumer exists."""
+    app.transport = SeekingTransport(app.conf.broker_consumer, app)

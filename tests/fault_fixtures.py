@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 import orjson
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 from aiokafka.errors import KafkaError
@@ -34,11 +34,13 @@ from tests.harness import (
     REPO,
     Destination,
     WorkerProcess,
+    end_offsets,
     expected_input_id,
     expected_sample,
     group_caught_up,
     output,
     put_collector,
+    read_topic,
     serve_destination,
     settings_for,
     wait_for,
@@ -619,6 +621,7 @@ class Scenario:
             await wait_for(all_delivered, "every expected input", deadline_s)
         except AssertionError:
             print(tally(self.destination, expected, len(publisher.sent)))
+            print(await self.trace_missing(expected))
             raise
 
         async def committed() -> bool:
@@ -633,6 +636,50 @@ class Scenario:
         assert result.unexpected_ids == 0, result
         assert len(set(publisher.sent)) == publisher.count
         return result
+
+    async def trace_missing(self, expected: dict[str, tuple[str, str]]) -> str:
+        """Tell where the inputs missing at the destination are: the messages of the
+        internal topics and the dead-letter topic that hold them, the dead letters'
+        error codes, and the group's committed offsets against the topics' ends."""
+        with self.destination.lock:
+            received = set(self.destination.inputs)
+        missing = {expected[i][1] for i in set(expected) - received}
+        lines = [f"{len(missing)} missing input ids"]
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        await admin.start()
+        try:
+            committed = await admin.list_consumer_group_offsets(self.name)
+        finally:
+            await admin.close()
+
+        dead_letter_topic = f"{self.name}-predictions.dlq"
+        for topic in [*self.topics, dead_letter_topic]:
+            messages = await read_topic(self.bootstrap, topic)
+            holding = []
+            codes: Counter[str] = Counter()
+            for message in messages:
+                value = message.value or b""
+                found = [i for i in missing if i.encode() in value]
+                if found:
+                    holding.append((message.partition, message.offset, len(found)))
+                headers = dict(message.headers or [])
+                if "error_code" in headers:
+                    codes[headers["error_code"].decode(errors="replace")] += 1
+
+            ends = await end_offsets(self.bootstrap, topic)
+            positions = {
+                partition: getattr(
+                    committed.get(TopicPartition(topic, partition)), "offset", None
+                )
+                for partition in ends
+            }
+            lines.append(
+                f"{topic}: {len(messages)} messages, ends {ends}, committed "
+                f"{positions}, holding missing ids (partition, offset, ids) "
+                f"{holding[:20]}, error codes {dict(codes)}"
+            )
+        return "\n".join(lines)
 
     def stop_all(self) -> None:
         for publisher in self.publishers:

@@ -1,6 +1,6 @@
 """The lean consumer (agents/consumer.py): the conditions for handing a message
-over directly, and a worker whose stream buffers fill up during a rebalance,
-which must lose no input and post none twice."""
+over directly, the seek back to the committed offsets, and a worker whose stream
+buffers fill up during a rebalance, which must lose no input and post none twice."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import asyncio
 
 import faust
 import pytest
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from faust.transport.drivers.aiokafka import Consumer as FaustConsumer
 from faust.types import TP, Message
 
@@ -16,21 +17,86 @@ from agents.consumer import (
     FETCH_WAIT_S,
     PAUSED_FETCH_WAIT_S,
     LeanConsumer,
+    SeekingConsumer,
+    SeekingConsumerThread,
+    seek_to_committed,
     use_lean_consumer,
 )
 from agents.lean_streams import RawSchema
 from agents.worker import build_worker_app
 from app.settings import Settings
+from tests.conftest import KAFKA
 from tests.fault_fixtures import Scenario, assert_alive
 
 
 @pytest.mark.parametrize(
-    ("setting", "expected"), [("lean", LeanConsumer), ("faust", FaustConsumer)]
+    ("setting", "expected"), [("lean", LeanConsumer), ("faust", SeekingConsumer)]
 )
 def test_consumer_setting_picks_consumer_class(setting: str, expected: type) -> None:
     settings = Settings(COLLECTORS_CONSUMER=setting, COLLECTORS_GROUP="consumer-kind")
     app = build_worker_app(settings)
     assert type(app.consumer) is expected
+    # Both keep Faust's consumer, and both seek as `seek_to_committed` does.
+    assert isinstance(app.consumer, FaustConsumer)
+    assert isinstance(app.consumer._new_consumer_thread(), SeekingConsumerThread)
+
+
+async def test_seek_moves_uncommitted_partition_to_start(
+    services: None, unique_name: str
+) -> None:
+    topic = f"{unique_name}-seek"
+    admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, 3, 1)])
+    finally:
+        await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=KAFKA)
+    await producer.start()
+    try:
+        for partition in range(3):
+            for number in range(10):
+                await producer.send_and_wait(topic, b"%d" % number, partition=partition)
+    finally:
+        await producer.stop()
+
+    never, at_four, at_zero = (TopicPartition(topic, p) for p in range(3))
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=KAFKA,
+        group_id=unique_name,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    try:
+        consumer.assign([never, at_four, at_zero])
+        await consumer.commit({at_four: 4, at_zero: 0})
+        # The fetcher reads every record from the committed offsets on (the first
+        # partition from its start), as a fetch that Faust drops would.
+        read = 0
+        for _ in range(50):
+            if read == 10 + 6 + 10:
+                break
+            batches = await consumer.getmany(timeout_ms=500)
+            read += sum(len(records) for records in batches.values())
+        assert read == 10 + 6 + 10
+
+        # aiokafka's seek moves only the partition committed above 0.
+        await consumer.seek_to_committed()
+        assert await consumer.position(never) == 10
+        assert await consumer.position(at_four) == 4
+        assert await consumer.position(at_zero) == 10
+
+        committed = await seek_to_committed(consumer)
+        assert committed == {never: None, at_four: 4, at_zero: 0}
+        assert await consumer.position(never) == 0
+        assert await consumer.position(at_four) == 4
+        assert await consumer.position(at_zero) == 0
+
+        again = await consumer.getmany(never, timeout_ms=5000)
+        assert again[never][0].value == b"0"
+    finally:
+        await consumer.stop()
 
 
 async def test_direct_hand_over_conditions() -> None:
