@@ -108,9 +108,11 @@ class Settings(BaseSettings):
         200, validation_alias="COLLECTORS_DELIVER_BATCH_MAX", ge=1
     )
     # The maximum time an agent waits for a batch to fill. It must be above 0,
-    # because take_batches (agents/lean_streams.py) divides by it.
+    # because take_batches (agents/lean_streams.py) divides by it. Under load,
+    # batches fill while the previous one is processed, so a short window costs
+    # CPU only under light traffic (docs/benchmarks.md, point 28).
     batch_within_s: float = Field(
-        0.02, validation_alias="COLLECTORS_BATCH_WITHIN_S", gt=0
+        0.005, validation_alias="COLLECTORS_BATCH_WITHIN_S", gt=0
     )
     # Stage two's window while stage one, in the same worker, is behind by more
     # than COLLECTORS_ROUTE_BATCH_MAX events and requests are small
