@@ -34,6 +34,7 @@ from tests.harness import (
     REPO,
     Destination,
     WorkerProcess,
+    committed_offsets,
     end_offsets,
     expected_input_id,
     expected_sample,
@@ -646,13 +647,7 @@ class Scenario:
         missing = {expected[i][1] for i in set(expected) - received}
         lines = [f"{len(missing)} missing input ids"]
 
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
-        await admin.start()
-        try:
-            committed = await admin.list_consumer_group_offsets(self.name)
-        finally:
-            await admin.close()
-
+        committed = await committed_offsets(self.bootstrap, self.name)
         dead_letter_topic = f"{self.name}-predictions.dlq"
         for topic in [*self.topics, dead_letter_topic]:
             messages = await read_topic(self.bootstrap, topic)

@@ -270,14 +270,19 @@ async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
         await consumer.stop()
 
 
-async def group_caught_up(bootstrap: str, group: str, topics: list[str]) -> bool:
-    """Whether the group's committed offsets reach the end of every partition."""
+async def committed_offsets(bootstrap: str, group: str) -> dict[TopicPartition, Any]:
+    """Return the group's committed offsets (OffsetAndMetadata) by partition."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        committed = await admin.list_consumer_group_offsets(group)
+        return await admin.list_consumer_group_offsets(group)
     finally:
         await admin.close()
+
+
+async def group_caught_up(bootstrap: str, group: str, topics: list[str]) -> bool:
+    """Whether the group's committed offsets reach the end of every partition."""
+    committed = await committed_offsets(bootstrap, group)
     for topic in topics:
         for partition, end in (await end_offsets(bootstrap, topic)).items():
             metadata = committed.get(TopicPartition(topic, partition))

@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
 
 from app.models import COLLECTOR_INACTIVE
 from tests.conftest import KAFKA
@@ -31,6 +30,7 @@ from tests.fault_fixtures import (
 )
 from tests.harness import (
     WorkerProcess,
+    committed_offsets,
     expected_input_id,
     put_collector,
     wait_for,
@@ -161,12 +161,7 @@ async def test_worker_without_configuration_consumes_nothing(
 
 
 async def _committed_offsets(scenario: Scenario) -> dict[tuple[str, int], int]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=scenario.bootstrap)
-    await admin.start()
-    try:
-        committed = await admin.list_consumer_group_offsets(scenario.name)
-    finally:
-        await admin.close()
+    committed = await committed_offsets(scenario.bootstrap, scenario.name)
     return {
         (tp.topic, tp.partition): metadata.offset
         for tp, metadata in committed.items()
