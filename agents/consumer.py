@@ -34,6 +34,7 @@ from typing import Any, cast
 
 import aiokafka
 import faust
+from aiokafka import TopicPartition
 from aiokafka.errors import IllegalStateError
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as aiokafka_driver
@@ -53,7 +54,7 @@ PAUSED_FETCH_WAIT_S = 0.01
 
 async def seek_to_committed(
     consumer: aiokafka.AIOKafkaConsumer,
-) -> Mapping[aiokafka.TopicPartition, int | None]:
+) -> Mapping[TopicPartition, int | None]:
     """Seek every assigned partition to its committed offset, and return those
     offsets, with None for a partition that has none.
 
@@ -61,13 +62,12 @@ async def seek_to_committed(
     offset is above 0, and leaves the others where the fetcher got to. Faust
     relies on this seek when a fetch returns after a rebalance stopped the flow:
     it drops the records and seeks back to the committed offsets. In a partition
-    that nothing has committed yet, the dropped records were never read again, and
-    the next commit skipped them. The worker reads from the earliest offset when
-    none is committed, so such a partition goes back to its first record here.
+    that nothing has committed yet, the dropped records would never be read again,
+    and the next commit would skip them. The worker reads from the earliest offset
+    when none is committed, so such a partition goes back to its first record.
     """
-    committed: dict[
-        aiokafka.TopicPartition, int | None
-    ] = await consumer.seek_to_committed()
+    committed: dict[TopicPartition, int | None]
+    committed = await consumer.seek_to_committed()
     try:
         for tp, offset in committed.items():
             if offset == 0:

@@ -639,9 +639,10 @@ class Scenario:
         return result
 
     async def trace_missing(self, expected: dict[str, tuple[str, str]]) -> str:
-        """Tell where the inputs missing at the destination are: the messages of the
-        internal topics and the dead-letter topic that hold them, the dead letters'
-        error codes, and the group's committed offsets against the topics' ends."""
+        """Return where the inputs missing at the destination are: the messages of
+        the internal topics and the dead-letter topic that contain them, the dead
+        letters' error codes, and the group's committed offsets against the topics'
+        ends."""
         with self.destination.lock:
             received = set(self.destination.inputs)
         missing = {expected[i][1] for i in set(expected) - received}

@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from app.models import CollectorRecord
 from app.security import SecretBox
@@ -268,6 +268,29 @@ async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
         return {tp.partition: offset for tp, offset in offsets.items()}
     finally:
         await consumer.stop()
+
+
+async def create_filled_topic(
+    bootstrap: str, topic: str, records: Mapping[int, int]
+) -> None:
+    """Create `topic` with a partition per key of `records`, and publish
+    records[p] records to partition p, valued `f"{p}-{index}"`."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, len(records), 1)])
+    finally:
+        await admin.close()
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        for partition, count in records.items():
+            for index in range(count):
+                value = f"{partition}-{index}".encode()
+                await producer.send_and_wait(topic, value, partition=partition)
+    finally:
+        await producer.stop()
 
 
 async def committed_offsets(bootstrap: str, group: str) -> dict[TopicPartition, Any]:

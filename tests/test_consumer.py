@@ -8,8 +8,7 @@ import asyncio
 
 import faust
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.transport.drivers.aiokafka import Consumer as FaustConsumer
 from faust.types import TP, Message
 
@@ -27,6 +26,7 @@ from agents.worker import build_worker_app
 from app.settings import Settings
 from tests.conftest import KAFKA
 from tests.fault_fixtures import Scenario, assert_alive
+from tests.harness import create_filled_topic
 
 
 @pytest.mark.parametrize(
@@ -45,21 +45,7 @@ async def test_seek_moves_uncommitted_partition_to_start(
     services: None, unique_name: str
 ) -> None:
     topic = f"{unique_name}-seek"
-    admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, 3, 1)])
-    finally:
-        await admin.close()
-    producer = AIOKafkaProducer(bootstrap_servers=KAFKA)
-    await producer.start()
-    try:
-        for partition in range(3):
-            for number in range(10):
-                await producer.send_and_wait(topic, b"%d" % number, partition=partition)
-    finally:
-        await producer.stop()
-
+    await create_filled_topic(KAFKA, topic, {0: 10, 1: 10, 2: 10})
     never, at_four, at_zero = (TopicPartition(topic, p) for p in range(3))
     consumer = AIOKafkaConsumer(
         bootstrap_servers=KAFKA,
@@ -94,7 +80,7 @@ async def test_seek_moves_uncommitted_partition_to_start(
         assert await consumer.position(at_zero) == 0
 
         again = await consumer.getmany(never, timeout_ms=5000)
-        assert again[never][0].value == b"0"
+        assert again[never][0].value == b"0-0"
     finally:
         await consumer.stop()
 

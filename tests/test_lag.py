@@ -8,8 +8,8 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic, RecordsToDelete
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
 from app.lag import (
     KafkaUnavailable,
@@ -19,6 +19,7 @@ from app.lag import (
     read_lag_once,
 )
 from tests.conftest import KAFKA, free_port
+from tests.harness import create_filled_topic
 
 # Records per partition of the test topic; partition 1 stays empty.
 RECORDS = {0: 6, 1: 0, 2: 3}
@@ -47,20 +48,10 @@ def test_partition_lag_cases(
 @pytest.fixture
 async def topic(services: None, unique_name: str) -> AsyncIterator[str]:
     """A topic with RECORDS[p] records in partition p."""
+    await create_filled_topic(KAFKA, unique_name, RECORDS)
+    yield unique_name
     admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)
     await admin.start()
-    await admin.create_topics([NewTopic(unique_name, len(RECORDS), 1)])
-    producer = AIOKafkaProducer(bootstrap_servers=KAFKA, acks="all")
-    await producer.start()
-    try:
-        for partition, count in RECORDS.items():
-            for index in range(count):
-                await producer.send_and_wait(
-                    unique_name, f"{partition}-{index}".encode(), partition=partition
-                )
-    finally:
-        await producer.stop()
-    yield unique_name
     try:
         await admin.delete_topics([unique_name])
     finally:
